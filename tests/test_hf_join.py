@@ -217,3 +217,18 @@ def test_a_folder_of_configs_refused_points_at_image_table_where_one_holds_image
         _read(tmp_path, path="GQA", image_table=None, columns=None)
     exs = _read(tmp_path, path="GQA/instructions", image_table={**IMAGES, "path": "GQA/images"}).examples
     assert [e.image.row for e in exs] == [1, 2, 1, 0]
+
+
+def test_an_image_table_row_without_an_image_is_named_by_its_row_there(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _gqa(tmp_path / "data")
+    shard = tmp_path / "data" / "GQA" / "testdev_balanced_images" / "testdev-00000-of-00001.parquet"
+    table = pq.read_table(shard)
+    cells = table.column("image").to_pylist()
+    cells[2] = None   # n2's image
+    pq.write_table(table.set_column(1, "image", pa.array(cells, type=table.schema.field("image").type)), shard)
+    with pytest.raises(ValueError, match=re.escape("row 1: no image in column 'image' of the image table ") + ".*"
+                       + re.escape("(its row 2, whose key is the row's image id)")):
+        _read(tmp_path)

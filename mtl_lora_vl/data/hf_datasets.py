@@ -427,7 +427,8 @@ def read_hf_datasets(
             except PathEscapeError as e:   # a URL, an absolute path or '..': name the row
                 raise PathEscapeError(f"{source} row {i}: {e}") from None
         else:
-            raise DataFormatError(f"{source} row {i}: no image in column {image_where}")
+            there = "" if at is None else f" (its row {j}, whose key is the row's image id)"
+            raise DataFormatError(f"{source} row {i}: no image in column {image_where}{there}")
         rows.append((i, row))
     return examples_from_rows(rows, at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
                               check=ImageChecker(verify, strict), class_names=class_names,
