@@ -353,8 +353,8 @@ def test_longer_named_files_left_out_or_refused_say_that_datasets_reads_them_and
         split = read_split("hf_datasets", root, path="ds", split="train+train_extra", cache_dir=cache)
     assert len(split.examples) == 3 and _configs(split) == {"train", "extra"}
     assert "read without" not in caplog.text   # (train_extra is read, by the second part)
-    both = read_split("hf_datasets", root, path="ds", split="train_extra+train+train", cache_dir=cache)
-    assert len(both.examples) == 3   # each file once
+    both = read_split("hf_datasets", root, path="ds", split="train_extra+train", cache_dir=cache)
+    assert len(both.examples) == 3
     with pytest.raises(ValueError, match=r"split 'train\+' joins splits with '\+', and one of them is empty; write "
                                          r"the splits' names between the '\+' signs, e.g. split = \"train\+test\""):
         read_split("hf_datasets", root, path="ds", split="train+", cache_dir=cache)
@@ -375,3 +375,39 @@ def test_longer_named_files_left_out_or_refused_say_that_datasets_reads_them_and
     with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
         assert _configs(read_split("hf_datasets", root, path="hub", split="train", cache_dir=cache)) == {"train"}
     assert "named for the longer split(s) ['train_hard']" in caplog.text and "load_dataset" not in caplog.text
+
+
+def test_a_joined_split_takes_spaces_refuses_a_repeat_notes_per_part_and_names_a_plus_in_a_file_name(tmp_path, caplog):
+    """split = "train + train_extra" (spaces around '+', as datasets' ReadInstruction takes them) read a split named
+    'train ' and refused it: "no parquet file of split 'train '". "train+train" read train's files once, unsaid,
+    where datasets' load_dataset reads them twice over: refused, naming the split once. The note of a file left out
+    of a joined split looked the joined name up among datasets' split words ('train+test' is none), so it said
+    "they may be parts of 'train+test'": it speaks of the part that left the file out. A file named with a '+'
+    (train+extra.parquet) read by split = "train+extra" was refused as "no parquet file of split 'train'" alone:
+    the refusal says that '+' joins splits and that a '+' in a file's name is no part of a split's."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "ds" / "train.parquet", "train", 2)
+    _write(root / "ds" / "train_extra.parquet", "extra", 1)
+    _write(root / "ds" / "test.parquet", "test", 1)
+    spaced = read_split("hf_datasets", root, path="ds", split="train + train_extra", cache_dir=cache)
+    assert len(spaced.examples) == 3 and _configs(spaced) == {"train", "extra"}
+    for path in ("ds", "ds/train.parquet"):
+        with pytest.raises(ValueError, match=r"split 'train\+train' names the split\(s\) \['train'\] more than once; "
+                                             r"datasets' load_dataset reads .* twice over .* name each split once, "
+                                             r"e.g. split = \"train\""):
+            read_split("hf_datasets", root, path=path, split="train+train", cache_dir=cache)
+    with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+        both = read_split("hf_datasets", root, path="ds", split="test+train", cache_dir=cache)
+    assert _configs(both) == {"train", "test"}
+    assert "split 'train' of 'test+train' is read without the file(s) ['train_extra.parquet']" in caplog.text
+    assert "datasets' load_dataset reads a plain file or folder so named into 'train'" in caplog.text
+    assert 'set split = "test+train+train_extra"' in caplog.text
+    _write(root / "plus" / "train+extra.parquet", "plus", 1)
+    _write(root / "plus" / "test.parquet", "test", 1)
+    for split in ("train+extra", "train"):
+        with pytest.raises(FileNotFoundError, match=r"no parquet file of split 'train' .*: a '\+' in a file or "
+                                                    r"folder's own name \(train\+extra.parquet\) is no part of a "
+                                                    r"split's name; rename it \(train_extra.parquet\)"):
+            read_split("hf_datasets", root, path="plus", split=split, cache_dir=cache)
+    with pytest.raises(FileNotFoundError, match=r"split 'train\+nope' joins the splits \['train', 'nope'\] with '\+'"):
+        read_split("hf_datasets", root, path="ds", split="train+nope", cache_dir=cache)

@@ -19,7 +19,8 @@ Where a plain file or folder name holds the split's name and a word after it (``
 digit) reads it into the split; here it is a split of its own, as ``datasets`` itself reads a hub shard so named,
 since read into ``test`` a ``test_hard``'s rows change the scores and MNLI's two test splits mix. The note or
 refusal says so and names the joined split that reads them as ``datasets`` does: ``split = "train+train_extra"``
-(``datasets``' own ``+`` syntax for joined splits).
+(``datasets``' own ``+`` syntax for joined splits: spaces around a ``+`` dropped; a split named twice, which
+``datasets`` reads twice over, refused; a ``+`` in a file's own name is no part of a split's).
 """
 
 from __future__ import annotations
@@ -229,22 +230,23 @@ def _as_datasets(split: str, how: str) -> str:
     return f" (datasets' load_dataset reads them {how} {name!r})" if name else ""
 
 
-def _note_left_out(base: Path, split: str, left: dict[Path, str]) -> None:
-    """Note the files ``left`` out of ``split`` (each named for a longer split: ``train_extra.parquet``), saying where
-    ``datasets`` reads them into the split (a plain file or folder name; a hub shard's name it keeps apart too) and
-    the joined split that reads them with it."""
+def _note_left_out(base: Path, split: str, part: str, left: dict[Path, str]) -> None:
+    """Note the files ``left`` out of ``part`` of ``split`` (a split, or one of the splits it joins with ``+``; each
+    file named for a longer split: ``train_extra.parquet``), saying where ``datasets`` reads them into the split (a
+    plain file or folder name; a hub shard's name it keeps apart too) and the joined split that reads them with it."""
     if not left:
         return
     plain = sorted({n for f, n in left.items() if _shard_split(f) is None})
     why = ""
     if plain:
-        reader = (f"datasets' load_dataset reads a plain file or folder so named into {_DATASETS_SPLITS[split]!r}"
-                  if split in _DATASETS_SPLITS else f"they may be parts of {split!r}")
+        reader = (f"datasets' load_dataset reads a plain file or folder so named into {_DATASETS_SPLITS[part]!r}"
+                  if part in _DATASETS_SPLITS else f"they may be parts of {part!r}")
         why = (f"; each such name is a split of its own here, as it is to datasets in a hub shard's name "
                f"('{plain[0]}-00000-of-00001'), so that a split such as test_hard is not scored as part of test, but "
                f"{reader}: to read them with it, set split = \"{'+'.join([split, *plain])}\"")
-    logger.info("hf_datasets %s: split %r is read without the file(s) %s, named for the longer split(s) %s%s", base,
-                split, sorted(str(f.relative_to(base)) for f in left), sorted(set(left.values())), why)
+    of = f"split {split!r}" if part == split else f"split {part!r} of {split!r}"
+    logger.info("hf_datasets %s: %s is read without the file(s) %s, named for the longer split(s) %s%s", base,
+                of, sorted(str(f.relative_to(base)) for f in left), sorted(set(left.values())), why)
 
 
 def _files_by_split(base: Path, named: dict[Path, str]) -> str:
@@ -282,10 +284,7 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
     selects nothing, would mix several splits or configs, or ``base`` holds no parquet file. A split joined with
     ``+`` (``train+train_extra``, as ``datasets``' ``load_dataset(split=...)`` joins splits) is each part's files, in
     order, each file once."""
-    parts = [split] if split is None else split.split("+")
-    if split is not None and not all(parts):
-        raise ValueError(f"hf_datasets {base}: split {split!r} joins splits with '+', and one of them is empty; write "
-                         "the splits' names between the '+' signs, e.g. split = \"train+test\"")
+    parts = _joined_parts(base, split)
     if base.is_file():
         with open(base, "rb") as f:   # (read as parquet: pyarrow's bare "Parquet magic bytes not found")
             magic = f.read(4)
@@ -325,13 +324,46 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
                              f"{_files_by_split(base, named)})")
         return [str(f) for f in files]
     chosen: list[Path] = []
-    left: dict[Path, str] = {}
+    left: dict[str, dict[Path, str]] = {}   # part -> the files it left out, each with its longer split
     for part in parts:
-        mine, out = _split_files(base, files, part)
+        try:
+            mine, left[part] = _split_files(base, files, part)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}{_plus_named(base, files, split, parts)}") from None
         chosen += [f for f in mine if f not in chosen]
-        left.update({f: n for f, n in out.items() if f not in left})
-    _note_left_out(base, split, {f: n for f, n in left.items() if f not in chosen})
+    for part, out in left.items():   # (a file left out by one part and read by another is read)
+        _note_left_out(base, split, part, {f: n for f, n in out.items() if f not in chosen})
     return [str(f) for f in chosen]
+
+
+def _joined_parts(base: Path, split: str | None) -> list[str | None]:
+    """The splits ``split`` joins with ``+`` (``train+train_extra``; spaces around a ``+`` dropped, as ``datasets``'
+    ``ReadInstruction`` drops them), ``[split]`` for one; refused where one is empty or named twice."""
+    if split is None:
+        return [None]
+    parts = re.split(r"\s*\+\s*", split)
+    if not all(parts):
+        raise ValueError(f"hf_datasets {base}: split {split!r} joins splits with '+', and one of them is empty; write "
+                         "the splits' names between the '+' signs, e.g. split = \"train+test\"")
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:   # (datasets' load_dataset reads train+train's rows twice over; a repeat was read once, unsaid)
+        raise ValueError(f"hf_datasets {base}: split {split!r} names the split(s) {twice} more than once; "
+                         "datasets' load_dataset reads a split joined to itself twice over (each row twice), and "
+                         "here each file is read once: name each split once, e.g. split = "
+                         f"\"{'+'.join(dict.fromkeys(parts))}\"")
+    return parts
+
+
+def _plus_named(base: Path, files: list[Path], split: str, parts: list[str | None]) -> str:
+    """What a refusal of a part of ``split`` that selects no file adds where ``split`` joins splits with ``+`` (each
+    part a split of its own) or a file or folder's name holds a ``+`` (no part of a split's name here)."""
+    plus = [str(f.relative_to(base)) for f in files if "+" in str(f.relative_to(base))]
+    joined = f"; split {split!r} joins the splits {parts} with '+' (datasets' syntax)" if len(parts) > 1 else ""
+    if not plus:
+        return joined
+    return (f"{joined or f'; split {split!r}'}: a '+' in a file or folder's own name ({', '.join(plus[:3])}) is "
+            f"no part of a split's name; rename it ({Path(plus[0]).name.replace('+', '_')}), or give that file as path "
+            "with no split")
 
 
 def _split_files(base: Path, files: list[Path], split: str) -> tuple[list[Path], dict[Path, str]]:
