@@ -411,3 +411,24 @@ def test_a_joined_split_takes_spaces_refuses_a_repeat_notes_per_part_and_names_a
             read_split("hf_datasets", root, path="plus", split=split, cache_dir=cache)
     with pytest.raises(FileNotFoundError, match=r"split 'train\+nope' joins the splits \['train', 'nope'\] with '\+'"):
         read_split("hf_datasets", root, path="ds", split="train+nope", cache_dir=cache)
+
+
+def test_a_joined_split_of_a_saved_dataset_is_refused_saying_plus_reads_parquet_and_the_fix_reads_it(tmp_path):
+    """split = "train+extra" of a save_to_disk folder holding both was refused as "split 'train+extra' not found;
+    the saved dataset has splits ['train', 'extra']" (a one-Dataset folder: "has no split name"), which reads as if
+    '+' were unknown: it says that '+' joins a parquet folder's splits, and the fix it names reads them."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    dd = datasets.DatasetDict({name: datasets.Dataset.from_dict({"image": [Image.new("RGB", (16, 12), (9, 9, 9))],
+                                                                 "caption": [f"{name} picture"]})
+                               for name in ("train", "extra", "test")})
+    dd.save_to_disk(str(root / "saved"))
+    dd["train"].save_to_disk(str(root / "one"))
+    for path in ("saved", "one"):
+        with pytest.raises(ValueError, match=r"split 'train \+ extra' joins the splits \['train', 'extra'\] with '\+', "
+                                             r"which reads a folder of parquet files .*save_to_disk folder's splits "
+                                             r"are read one at a time.*to_parquet"):
+            read_split("hf_datasets", root, path=path, split="train + extra", cache_dir=cache)
+    for name in ("train", "extra", "test"):
+        dd[name].to_parquet(str(root / "my_data" / f"{name}.parquet"))
+    joined = read_split("hf_datasets", root, path="my_data", split="train+extra", cache_dir=cache)
+    assert _configs(joined) == {"train", "extra"}

@@ -78,7 +78,7 @@ from .common import (
 from .hf_images import column_image_rows, list_image_rows
 from .hf_join import EXAMPLE as JOIN_EXAMPLE
 from .hf_join import check_image_table, join_rows
-from .hf_parquet import parquet_files
+from .hf_parquet import parquet_files, refuse_joined_saved
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -121,6 +121,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     datasets = load_datasets()
     base = _find(root, path)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
+        refuse_joined_saved(base, split)   # ('+' joins a parquet folder's splits)
         # a DatasetDict by its split names, each split loaded alone (a dict with a split saved empty cannot be loaded)
         ds = _saved_splits(base)
         ds = load_saved(base, str(base)) if ds is None else ds

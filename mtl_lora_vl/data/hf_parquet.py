@@ -29,7 +29,7 @@ import logging
 import re
 from pathlib import Path
 
-__all__ = ["parquet_files"]
+__all__ = ["parquet_files", "refuse_joined_saved"]
 
 logger = logging.getLogger(__name__)
 
@@ -389,3 +389,17 @@ def _split_files(base: Path, files: list[Path], split: str) -> tuple[list[Path],
                                 f"{' ...' if len(files) > 6 else ''}")
     _refuse_configs(base, mine, split)
     return mine, left
+
+
+def refuse_joined_saved(base: Path, split: str | None) -> None:
+    """Refuse a split joined with ``+`` (:func:`parquet_files`) of ``base``, a ``save_to_disk`` folder: its splits are
+    each read from a folder of its own, one at a time, and the refusal said only "split 'train+extra' not found"
+    beside a list holding both."""
+    if split is None or "+" not in split:
+        return
+    parts = re.split(r"\s*\+\s*", split)
+    raise ValueError(f"hf_datasets {base}: split {split!r} joins the splits {parts} with '+', which reads a folder of "
+                     "parquet files (or a parquet file); a save_to_disk folder's splits are read one at a time. Write "
+                     "them as parquet files and give that folder as path, e.g. dd[name].to_parquet(f\"my_data/"
+                     f"{{name}}.parquet\") for each of {parts}, with split = {split!r}; or save the joined rows as "
+                     "one split (datasets.concatenate_datasets([...]).save_to_disk(...))")
