@@ -432,3 +432,38 @@ def test_a_joined_split_of_a_saved_dataset_is_refused_saying_plus_reads_parquet_
         dd[name].to_parquet(str(root / "my_data" / f"{name}.parquet"))
     joined = read_split("hf_datasets", root, path="my_data", split="train+extra", cache_dir=cache)
     assert _configs(joined) == {"train", "extra"}
+
+
+def test_a_folder_gives_the_split_a_file_of_its_name_gives(tmp_path, caplog):
+    """The folder rule kept a folder's whole name less a shard number right after the split's (train0/), while the
+    file rule also drops a shard number after a word and ends at a word that names no split: train_hard_0/ was
+    'train_hard_0' where train_hard_0.parquet is 'train_hard' (so train_hard_0/ + train_hard_1/ were two splits,
+    refused, and their files one), and train_part_0/ + train_part_1/ two splits where the files are 'train'. The
+    file rule read train_hard0.parquet as 'train' (the word 'hard0' not seen): read into split "train" beside
+    train.parquet, where the folder train_hard0/ was left out. A year after a word stays a split either way."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    for name in ("train_hard_0", "train_hard_1"):
+        _write(root / "folders" / name / "0.parquet", "hard", 1)
+        _write(root / "files" / f"{name}.parquet", "hard", 1)
+    _write(root / "folders" / "test" / "0.parquet", "test", 1)
+    _write(root / "files" / "test.parquet", "test", 1)
+    for path in ("folders", "files"):
+        assert len(read_split("hf_datasets", root, path=path, split="train", cache_dir=cache).examples) == 2
+        assert len(read_split("hf_datasets", root, path=path, split="train_hard", cache_dir=cache).examples) == 2
+    for name in ("train_part_0", "train_part_1"):
+        _write(root / "parts" / name / "0.parquet", "train", 1)
+    assert len(read_split("hf_datasets", root, path="parts", cache_dir=cache).examples) == 2   # one split, 'train'
+    for hard in ("train_hard0.parquet", "train_hard0/0.parquet"):
+        folder = root / hard.split("/")[0].replace(".", "_")
+        _write(folder / "train.parquet", "train", 2)
+        _write(folder / hard, "hard", 1)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="mtl_lora_vl.data.hf_parquet"):
+            split = read_split("hf_datasets", root, path=folder.name, split="train", cache_dir=cache)
+        assert _configs(split) == {"train"} and "named for the longer split(s) ['train_hard0']" in caplog.text
+    for hard in ("train_hard_2014.parquet", "train_hard_2014/0.parquet"):   # (a year: the split's, not a shard)
+        folder = root / f"year_{hard.split('/')[0].replace('.', '_')}"
+        _write(folder / hard, "hard", 1)
+        _write(folder / hard.replace("2014", "2017"), "hard", 1)
+        with pytest.raises(ValueError, match=r"\['train_hard_2014', 'train_hard_2017'\]"):
+            read_split("hf_datasets", root, path=folder.name, split="train", cache_dir=cache)

@@ -10,7 +10,8 @@ file's own name likewise: ``test_matched.parquet`` beside ``test_mismatched.parq
 ``test.parquet``; digits joined on are a shard number, ``train0.parquet`` + ``train1.parquet`` the split "train", as
 are ``train_0.parquet`` + ``train_1.parquet`` and the folders ``train0/`` + ``train1/`` or ``train_0/`` + ``train_1/``,
 but a year, joined on or after a separator, names a split, ``val2014.parquet`` beside ``val2017.parquet`` (or
-``val_2014.parquet`` beside ``val_2017.parquet``) refused as ``val2014/`` beside ``val_2017/``). A
+``val_2014.parquet`` beside ``val_2017.parquet``) refused as ``val2014/`` beside ``val_2017/``; a folder gives
+the split a file of its name gives, ``train_hard_0/`` and ``train_hard_0.parquet`` both "train_hard"). A
 split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``) is refused, naming them,
 rather than read as one split of mixed rows.
 
@@ -65,12 +66,15 @@ def _split_folder(f: Path, base: Path, split: str) -> str | None:
 
 
 def _folder_name_split(part: str, split: str) -> str:
-    """The split a folder named ``part`` (naming ``split``) gives: its whole name (``test/``, ``test_matched/``,
-    ``val2014/``, ``val_2017/``), less a shard number after the split's name (``train0/``, ``train_1/``, ``train-01/``:
-    "train", as ``datasets`` reads them and :func:`_file_split` reads ``train0.parquet``; a year is no shard number,
-    :func:`_shard_number`)."""
-    m = re.fullmatch(rf"(.*(?<![^-._ 0-9]){re.escape(split)})[-._ ]?([0-9]+)", part)
-    return m.group(1) if m is not None and _shard_number(m.group(2)) else part
+    """The split a folder named ``part`` (naming ``split``) gives: its name up to where :func:`_name_end` ends a file's
+    split, the words before the split's kept (``test/``, ``test_matched/``, ``val2014/``, ``val_2017/``,
+    ``captions_val2014/``; ``train0/``, ``train_1/``, ``train_data/``, ``train-00000-of-00002/``: "train";
+    ``train_hard_0/``: "train_hard"), so a folder gives the split a file of its name does; its whole name where a
+    ``.`` follows (``train.old/``: no compression suffix, as ``train.snappy.parquet``'s, is a folder's)."""
+    span = _name_span(part, split)
+    if span is None or part[span[1]:].startswith("."):
+        return part
+    return part[:span[1]]
 
 
 def _whole_folder(f: Path, base: Path, split: str) -> bool:
@@ -155,10 +159,19 @@ def _file_split(f: Path, split: str) -> str | None:
     "test_matched", "val2014"; ``train-0.parquet``, ``mydata_train_part_1.parquet``: "train", :data:`_NO_SPLIT_WORDS`
     ending it; ``train0.parquet``, ``train_0.parquet``: "train", a shard number joined on or after a separator,
     :func:`_shard_number`, unless a word follows it, ``train0_hard.parquet``, ``train_0_hard.parquet``:
-    "train0_hard", "train_0_hard", as the folders ``train0_hard/`` and ``train_0_hard/`` are; a year either way names
-    a split, ``val2014.parquet``, ``val_2014.parquet``: "val2014", "val_2014", as the folders ``val2014/`` and
-    ``val_2014/`` do, :func:`_folder_name_split`); None where the name does not name it."""
+    "train0_hard", "train_0_hard"; after a word too, ``train_hard_0.parquet``: "train_hard"; digits joined on to a
+    word are the word's, ``train_hard0.parquet``: "train_hard0" (it was "train", read into that split); a year
+    names a split wherever it stands, ``val2014.parquet``, ``val_2014.parquet``, ``train_hard_2014.parquet``:
+    "val2014", "val_2014", "train_hard_2014"); None where the name does not name it. A folder of that name gives
+    the same split (:func:`_folder_name_split`)."""
     stem = f.name[: -len(".parquet")] if f.name.endswith(".parquet") else f.stem
+    span = _name_span(stem, split)
+    return None if span is None else stem[span[0]:span[1]]
+
+
+def _name_span(stem: str, split: str) -> tuple[int, int] | None:
+    """Where in ``stem`` (a file's name less ``.parquet``, or a folder's) the split naming ``split`` lies, as
+    :func:`_file_split` reads it: ``(start, end)``; None where ``stem`` does not name ``split``."""
     m = re.search(rf"(?<![^-._ 0-9]){re.escape(split)}(?![^-._ 0-9])", stem)
     if m is None:
         return None
@@ -168,19 +181,16 @@ def _file_split(f: Path, split: str) -> str | None:
     while end < len(stem) and stem[end] not in "-._ ":
         end += 1
     if _shard_number(stem[m.end():end]) and not _joined_word(stem, end):
-        return stem[start:m.end()]   # train0, train1: shards of "train" (not val2014: a year names a split)
-    year = re.match(r"[-._ ](?:19|20)[0-9]{2}(?=[-._ ]|$)", stem[end:]) if end == m.end() else None
-    if year is not None:   # val_2014 names a split, as the folder val_2014/ does (train_0: a shard of "train")
-        end += year.end()
+        return start, m.end()   # train0, train1: shards of "train" (not val2014: a year names a split)
     at = end
     while at < len(stem) and stem[at] in "-_ ":   # (not "."; train.snappy.parquet is of "train")
-        word = re.match(r"(?:[A-Za-z]+|[0-9]+)(?=[-._ ]|$)", stem[at + 1:])
-        if word is None or word.group().lower() in _NO_SPLIT_WORDS:
+        word = re.match(r"(?:[A-Za-z][A-Za-z0-9]*|[0-9]+)(?=[-._ ]|$)", stem[at + 1:])
+        if word is None or re.sub(r"[0-9]+$", "", word.group()).lower() in _NO_SPLIT_WORDS:   # (part0: a shard)
             break
         at += 1 + word.end()
-        if not word.group().isdigit():   # (a shard number counts only before a word: train_0_hard, not train_0)
-            end = at
-    return stem[start:end]
+        if not _shard_number(word.group()):   # (a shard number counts only before a word: train_0_hard, not train_0;
+            end = at                          #   a year names a split: val_2014, train_hard_2014)
+    return start, end
 
 
 def _longer_names(base: Path, mine: list[Path], by_name: list[Path],
