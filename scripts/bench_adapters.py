@@ -50,21 +50,71 @@ import time
 from functools import partial
 from pathlib import Path
 
-import open_clip
-import torch
-import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:   # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+
+from mtl_lora_vl.options import TrainOptions  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, read before torch and open_clip are imported (below): ``--help`` and a mistyped flag answer at
+    once."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=["clip", "llava"], default="clip",
+                    help="clip: an open_clip model, both towers; llava: a LLaVA (vision tower + LM) (default clip)")
+    ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)")
+    ap.add_argument("--rank", type=int, default=8, help="adapter rank r of every method (default 8)")
+    ap.add_argument("--n-up", type=int, default=3, help="MTL-LoRA's shared up-projections B_i (default 3)")
+    ap.add_argument("--vision-layers", type=int, default=12,
+                    help="llava: CLIP vision layers (12 = ViT-B/32's)")
+    ap.add_argument("--vision-width", type=int, default=768,
+                    help="llava: CLIP vision width (768 = ViT-B/32; small widths with --lm-width 64 make a CPU step "
+                         "host-bound, as a GPU's: what each case's Python and operator count cost)")
+    ap.add_argument("--lm-layers", type=int, default=8, help="llava: language-model layers")
+    ap.add_argument("--lm-width", type=int, default=1024, help="llava: language-model width")
+    ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
+    ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
+    ap.add_argument("--steps-per-round", type=int, default=1,
+                    help="steps per case and round, timed together (more smooths short steps' jitter)")
+    ap.add_argument("--warmup", type=int, default=2,
+                    help="untimed steps per case before the (also untimed) step that measures memory (at least 1: "
+                         "a case's first step creates the optimizer state and forms state the later steps reuse)")
+    ap.add_argument("--device", default=None,   # None: cuda where there is one, asked of torch once parsed (main)
+                    help="cpu | cuda | cuda:N (default cuda where there is one)")
+    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="bf16 / fp16: base weights in that dtype under autocast, adapters fp32 (default fp32)")
+    ap.add_argument("--grad-clip", type=float, default=TrainOptions().grad_clip,
+                    help="clip each step's gradient norm to this, as the trainer's --grad-clip does (default "
+                         f"{TrainOptions().grad_clip:g}, the trainer's; 0 = off: the step timed before this option)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
+    ap.add_argument("--json", default=None, help="write results to this JSON file (an earlier result there is "
+                                                        "replaced, any other file refused)")
+    ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
+    ap.add_argument("--profile", action="store_true",
+                    help="on a GPU: each case's kernel time in one step (torch.profiler, after the timed rounds), "
+                         "beside its wall time; kernels on several streams add up, so it is kernel time, not busy time")
+    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                    help="torch.compile every case's training forward (backend inductor unless named; compiled in the "
+                         "warm-up steps): launches and Python mostly gone, what is left is each method's kernels")
+    return ap
+
+
+if __name__ == "__main__":   # --help and an option error answer here, before the imports below (torch: seconds)
+    build_parser().parse_args()
+
+import open_clip  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 import mtl_lora_vl as mlv  # noqa: E402
 from mtl_lora_vl.adapters.routing import Route  # noqa: E402
 from mtl_lora_vl.backbones.hf import hf_grad_checkpointing  # noqa: E402
 from mtl_lora_vl.distributed import pick_device  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_file, check_writable_file  # noqa: E402
-from mtl_lora_vl.options import TrainOptions  # noqa: E402
 from mtl_lora_vl.training.optim import Optimization, adamw  # noqa: E402
 from mtl_lora_vl.training.step import optimizer_step  # noqa: E402
 
@@ -435,46 +485,10 @@ def model_size_error(args) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", choices=["clip", "llava"], default="clip",
-                    help="clip: an open_clip model, both towers; llava: a LLaVA (vision tower + LM) (default clip)")
-    ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)")
-    ap.add_argument("--rank", type=int, default=8, help="adapter rank r of every method (default 8)")
-    ap.add_argument("--n-up", type=int, default=3, help="MTL-LoRA's shared up-projections B_i (default 3)")
-    ap.add_argument("--vision-layers", type=int, default=12,
-                    help="llava: CLIP vision layers (12 = ViT-B/32's)")
-    ap.add_argument("--vision-width", type=int, default=768,
-                    help="llava: CLIP vision width (768 = ViT-B/32; small widths with --lm-width 64 make a CPU step "
-                         "host-bound, as a GPU's: what each case's Python and operator count cost)")
-    ap.add_argument("--lm-layers", type=int, default=8, help="llava: language-model layers")
-    ap.add_argument("--lm-width", type=int, default=1024, help="llava: language-model width")
-    ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
-    ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
-    ap.add_argument("--steps-per-round", type=int, default=1,
-                    help="steps per case and round, timed together (more smooths short steps' jitter)")
-    ap.add_argument("--warmup", type=int, default=2,
-                    help="untimed steps per case before the (also untimed) step that measures memory (at least 1: "
-                         "a case's first step creates the optimizer state and forms state the later steps reuse)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="cpu | cuda | cuda:N (default cuda where there is one)")
-    ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                    help="bf16 / fp16: base weights in that dtype under autocast, adapters fp32 (default fp32)")
-    ap.add_argument("--grad-clip", type=float, default=TrainOptions().grad_clip,
-                    help="clip each step's gradient norm to this, as the trainer's --grad-clip does (default "
-                         f"{TrainOptions().grad_clip:g}, the trainer's; 0 = off: the step timed before this option)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
-    ap.add_argument("--json", default=None, help="write results to this JSON file (an earlier result there is "
-                                                        "replaced, any other file refused)")
-    ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
-    ap.add_argument("--profile", action="store_true",
-                    help="on a GPU: each case's kernel time in one step (torch.profiler, after the timed rounds), "
-                         "beside its wall time; kernels on several streams add up, so it is kernel time, not busy time")
-    ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                    help="torch.compile every case's training forward (backend inductor unless named; compiled in the "
-                         "warm-up steps): launches and Python mostly gone, what is left is each method's kernels")
+    ap = build_parser()
     args = ap.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None:
         args.batch_size = 16 if args.case == "clip" else 4
     for name in ("batch_size", "rank", "n_up", "vision_layers", "vision_width", "lm_layers", "lm_width", "vocab",

@@ -20,11 +20,27 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--images", type=int, default=8, help="images captioned per case, one row each (default 8)")
+    p.add_argument("--max-len", type=int, default=30, help="tokens decoded per caption (default 30)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds of every case after one warm-up round; medians are printed (default 3)")
+    return p
+
+
+if __name__ == "__main__":   # --help and an option error answer here, before the imports below (torch: seconds)
+    build_parser().parse_args()
+
+import torch  # noqa: E402
 
 import mtl_lora_vl as mlv  # noqa: E402
 from mtl_lora_vl.backbones import build_open_clip, builtin_dir  # noqa: E402
@@ -49,13 +65,7 @@ def build(device: torch.device):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    p.add_argument("--images", type=int, default=8, help="images captioned per case, one row each (default 8)")
-    p.add_argument("--max-len", type=int, default=30, help="tokens decoded per caption (default 30)")
-    p.add_argument("--repeats", type=int, default=3,
-                   help="timed rounds of every case after one warm-up round; medians are printed (default 3)")
+    p = build_parser()
     args = p.parse_args(argv)
     for name in ("threads", "images", "max_len", "repeats"):
         if getattr(args, name) < 1:

@@ -24,11 +24,37 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:   # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+
+#: The checks by name, in the order they run (``--only`` picks some): each takes the device, returns its figures.
+CHECKS: dict[str, Callable[[str], dict]] = {
+    "llava_generate_fp32": lambda d: check_generate(d, "fp32"),
+    "llava_generate_bf16": lambda d: check_generate(d, "bf16"),
+    "llava_merged_fp32": lambda d: check_merged(d),
+    "llava_mixed_loss_fp32": lambda d: check_mixed_loss(d, "fp32"),
+    "llava_mixed_loss_bf16": lambda d: check_mixed_loss(d, "bf16"),
+    "llava_grad_checkpointing": lambda d: check_grad_checkpointing(d),
+    "clip_mixed_route_fp32": lambda d: check_clip(d, "fp32"),
+    "clip_mixed_route_bf16": lambda d: check_clip(d, "bf16"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", help="write every figure to this file (an earlier result there is replaced, "
+                                         "any other file refused)")
+    ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")
+    ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
+    return ap
+
+
+if __name__ == "__main__":   # --help and an option error answer here, before the imports below (torch: seconds)
+    build_parser().parse_args()
+
+import torch  # noqa: E402
 
 import mtl_lora_vl as mlv  # noqa: E402
 from mtl_lora_vl.backbones.loading import load_backbone  # noqa: E402
@@ -237,24 +263,8 @@ def check_clip(device: str, dtype_name: str) -> dict:
     return out
 
 
-CHECKS: dict[str, Callable[[str], dict]] = {
-    "llava_generate_fp32": lambda d: check_generate(d, "fp32"),
-    "llava_generate_bf16": lambda d: check_generate(d, "bf16"),
-    "llava_merged_fp32": check_merged,
-    "llava_mixed_loss_fp32": lambda d: check_mixed_loss(d, "fp32"),
-    "llava_mixed_loss_bf16": lambda d: check_mixed_loss(d, "bf16"),
-    "llava_grad_checkpointing": check_grad_checkpointing,
-    "clip_mixed_route_fp32": lambda d: check_clip(d, "fp32"),
-    "clip_mixed_route_bf16": lambda d: check_clip(d, "bf16"),
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", help="write every figure to this file (an earlier result there is replaced, "
-                                         "any other file refused)")
-    ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")
-    ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("check_gpu: no CUDA device; nothing to check (--device cpu runs the same checks on the CPU)",

@@ -26,12 +26,35 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; "
+                                                           "the committed asset took 24)")
+    ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
+    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining pairs (default: the world's split)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="world and training seed (default 0; with --evaluate, the one the backbone was trained with)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_clip",
+                    help="where to write the backbone (default assets/builtin_clip)")
+    ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
+                    help="only score a saved backbone on the val splits and update its recorded zero-shot scores")
+    return ap
+
+
+if __name__ == "__main__":   # --help and an option error answer here, before the imports below (torch: seconds)
+    build_parser().parse_args()
+
+import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from mtl_lora_vl.backbones import (  # noqa: E402
     Backbone,
@@ -318,20 +341,7 @@ def evaluate_saved(path: Path, seed: int | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; "
-                                                           "the committed asset took 24)")
-    ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
-    ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
-    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining pairs (default: the world's split)")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="world and training seed (default 0; with --evaluate, the one the backbone was trained with)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_clip",
-                    help="where to write the backbone (default assets/builtin_clip)")
-    ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
-                    help="only score a saved backbone on the val splits and update its recorded zero-shot scores")
+    ap = build_parser()
     args = ap.parse_args(argv)
     if args.threads is not None and args.threads < 1:   # --evaluate too: torch's own error otherwise
         ap.error(f"--threads must be >= 1, got {args.threads}")

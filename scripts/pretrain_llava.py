@@ -58,8 +58,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -67,7 +65,6 @@ if str(REPO) not in sys.path:
 from mtl_lora_vl.data import instructions, world  # noqa: E402
 from mtl_lora_vl.data.instructions import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
 from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
-from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
 
 IMAGE_SIZE = 64
@@ -83,6 +80,55 @@ CLIP_DIR = REPO / "assets" / "builtin_clip"
 LLAVA_FILES = ("config.json", "generation_config.json", "model.safetensors", "pretrain.json", "processor_config.json",
                "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "chat_template.json", "chat_template.jinja")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)")
+    ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    ap.add_argument("--turns", type=int, default=8, help="turns per image and step: one caption + "
+                                                         "questions (default 8)")
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of projector and LM (default 2e-3)")
+    ap.add_argument("--vision-lr", type=float, default=0.0,
+                    help="peak learning rate of the vision tower; 0 (the default) keeps the built-in "
+                         "CLIP's tower frozen")
+    ap.add_argument("--instruction-types", default=",".join(DEFAULT_KINDS),
+                    help="comma-separated kinds of generic question to pretrain on (default "
+                         f"{','.join(DEFAULT_KINDS)}; known: {','.join(KNOWN_KINDS)})")
+    ap.add_argument("--feature-layer", type=int, default=-1,
+                    help="vision tower layer whose patch features feed the projector (default -1, the last)")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
+    ap.add_argument("--hidden", type=int, default=160, help="language model width (default 160)")
+    ap.add_argument("--layers", type=int, default=3, help="language model layers (default 3)")
+    ap.add_argument("--heads", type=int, default=4, help="language model attention heads (default 4)")
+    ap.add_argument("--intermediate", type=int, default=448, help="language model MLP width (default 448)")
+    ap.add_argument("--clip", type=Path, default=CLIP_DIR, metavar="DIR",
+                    help="the open_clip CLIP whose image tower, words and image normalisation the LLaVA starts from "
+                         "(default assets/builtin_clip; e.g. one rebuilt by pretrain_backbone.py --out DIR)")
+    ap.add_argument("--no-clip-init", action="store_true",
+                    help="start the vision tower from random weights (needs --vision-lr > 0 to train it)")
+    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)")
+    ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)")
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="also evaluate (on --eval-scenes) every this many steps while training "
+                         "(default: only at the end)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="world and training seed (default 0; with --evaluate, the one the model was trained with)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_llava",
+                    help="where to write the model (default assets/builtin_llava)")
+    ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
+                    help="only evaluate a saved model directory on the val splits and update its pretrain.json")
+    return ap
+
+
+if __name__ == "__main__":   # --help and an option error answer here, before the imports below (torch: seconds)
+    build_parser().parse_args()
+
+import torch  # noqa: E402
+
+from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Generic instructions from a pretraining scene
@@ -588,42 +634,7 @@ def evaluate_saved(path: Path, seed: int | None, n_scenes: int | None, threads: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
-    ap.add_argument("--turns", type=int, default=8, help="turns per image and step: one caption + "
-                                                         "questions (default 8)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of projector and LM (default 2e-3)")
-    ap.add_argument("--vision-lr", type=float, default=0.0,
-                    help="peak learning rate of the vision tower; 0 (the default) keeps the built-in "
-                         "CLIP's tower frozen")
-    ap.add_argument("--instruction-types", default=",".join(DEFAULT_KINDS),
-                    help="comma-separated kinds of generic question to pretrain on (default "
-                         f"{','.join(DEFAULT_KINDS)}; known: {','.join(KNOWN_KINDS)})")
-    ap.add_argument("--feature-layer", type=int, default=-1,
-                    help="vision tower layer whose patch features feed the projector (default -1, the last)")
-    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
-    ap.add_argument("--hidden", type=int, default=160, help="language model width (default 160)")
-    ap.add_argument("--layers", type=int, default=3, help="language model layers (default 3)")
-    ap.add_argument("--heads", type=int, default=4, help="language model attention heads (default 4)")
-    ap.add_argument("--intermediate", type=int, default=448, help="language model MLP width (default 448)")
-    ap.add_argument("--clip", type=Path, default=CLIP_DIR, metavar="DIR",
-                    help="the open_clip CLIP whose image tower, words and image normalisation the LLaVA starts from "
-                         "(default assets/builtin_clip; e.g. one rebuilt by pretrain_backbone.py --out DIR)")
-    ap.add_argument("--no-clip-init", action="store_true",
-                    help="start the vision tower from random weights (needs --vision-lr > 0 to train it)")
-    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)")
-    ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)")
-    ap.add_argument("--eval-every", type=int, default=0,
-                    help="also evaluate (on --eval-scenes) every this many steps while training "
-                         "(default: only at the end)")
-    ap.add_argument("--seed", type=int, default=None,
-                    help="world and training seed (default 0; with --evaluate, the one the model was trained with)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_llava",
-                    help="where to write the model (default assets/builtin_llava)")
-    ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
-                    help="only evaluate a saved model directory on the val splits and update its pretrain.json")
+    ap = build_parser()
     args = ap.parse_args(argv)
     for flag, value in (("--threads", args.threads), ("--n-pretrain", args.n_pretrain),
                         ("--eval-scenes", args.eval_scenes)):
