@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 __all__ = ["LOKY_MAX_CPU_COUNT", "WORKERS_PER_CORE", "CpuQuota", "affinity", "check_local_workers", "cores_note",
-           "cpu_quota", "local_cores", "local_ranks", "loky_cap", "own_limits", "refuse_workers", "usable_cores"]
+           "cpu_quota", "local_cores", "local_ranks", "loky_cap", "own_limits", "pooled_note", "refuse_workers",
+           "usable_cores"]
 
 #: The most loader workers --workers may ask for per core this rank may use: more only compete for the cores, and
 #: --workers 1000000 forked processes (each a copy of the run) for minutes before the first step.
@@ -176,6 +177,25 @@ def cores_note(mask: list[int], quota: CpuQuota | None, cap: int | None) -> str:
         return f" ({LOKY_MAX_CPU_COUNT}={cap} caps the {len(mask)} cores of its affinity mask)"
     return (f" (the CPU quota of its cgroup {quota.cgroup} allows {usable} of the {len(mask)} cores of its affinity "
             "mask)") if quota is not None else ""
+
+
+def pooled_note(ranks: int, masked: int, quotas: Mapping[str, int] | None, caps: list[int] | None) -> str:
+    """What capped the cores the ``ranks`` ranks on one machine share below the ``masked`` cores of their affinity
+    masks' union, as a refusal says it (empty where nothing did): their cgroups' CPU quotas (``quotas``: cores by
+    cgroup, None where some rank has none) or their :data:`LOKY_MAX_CPU_COUNT` caps (None where some rank has none),
+    as :func:`.distributed.node_cores` pools them. :func:`cores_note` says it for one process."""
+    quota, cap = (None if quotas is None else sum(quotas.values())), (None if caps is None else sum(caps))
+    usable = max(1, min([masked, *(n for n in (quota, cap) if n is not None)]))
+    if usable >= masked:
+        return ""
+    share = f"the {ranks} ranks here share {usable}"
+    if cap is not None and cap == usable:
+        return (f" ({share}: their {LOKY_MAX_CPU_COUNT} ({', '.join(map(str, caps or []))}) caps the {masked} cores "
+                "of their affinity masks)")
+    groups = sorted(quotas or {})
+    said = (f"the CPU quota of their cgroup {groups[0]} allows" if len(groups) == 1 else
+            f"the CPU quotas of their cgroups {', '.join(groups)} allow")
+    return f" ({share}: {said} {usable} of the {masked} cores of their affinity masks)"
 
 
 def local_ranks(environ: Mapping[str, str] = os.environ) -> int:

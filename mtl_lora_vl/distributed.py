@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .cores import affinity, cores_note, cpu_quota, local_ranks, loky_cap, refuse_workers, usable_cores
+from .cores import affinity, cores_note, cpu_quota, local_ranks, loky_cap, pooled_note, refuse_workers, usable_cores
 from .process_start import parent_died
 
 T = TypeVar("T")
@@ -283,27 +283,36 @@ def node_cores(info: DistInfo, root: str | os.PathLike[str] = "/") -> tuple[int,
     ``--cpus``), by the quotas of their cgroups (ranks in one cgroup share one), and where every rank here has a
     LOKY_MAX_CPU_COUNT, by their sum (it caps each process). Every rank calls it (a gather) when the run has several;
     ``root`` is where the quota is read (:func:`.cores.cpu_quota`)."""
+    cores, local, _ = node_limits(info, root)
+    return cores, local
+
+
+def node_limits(info: DistInfo, root: str | os.PathLike[str] = "/") -> tuple[int, int, str]:
+    """:func:`node_cores` and what capped those cores below the ranks' affinity masks, as a refusal says it
+    (:func:`.cores.cores_note` for one rank here, :func:`.cores.pooled_note` for several)."""
     mask, quota, cap = affinity(), cpu_quota(root), loky_cap()
     if not info.enabled:
-        return usable_cores(mask, quota, cap), local_ranks()
+        return usable_cores(mask, quota, cap), local_ranks(), cores_note(mask, quota, cap)
     parts: list[Any] = [None] * info.world_size
     me = _machine()
     dist.all_gather_object(parts, (me, mask, None if quota is None else tuple(quota), cap))
     here = [(m, q, c) for machine, m, q, c in parts if machine == me]
-    cores = len({c for m, _, _ in here for c in m})
-    if all(q is not None for _, q, _ in here):
-        cores = min(cores, sum({cgroup: n for n, cgroup in (q for _, q, _ in here)}.values()))
-    if all(c is not None for _, _, c in here):
-        cores = min(cores, sum(c for _, _, c in here))
-    return max(1, cores), len(here)
+    masked = len({c for m, _, _ in here for c in m})
+    quotas = {cgroup: n for n, cgroup in (q for _, q, _ in here)} if all(q is not None for _, q, _ in here) else None
+    caps = [c for _, _, c in here] if all(c is not None for _, _, c in here) else None
+    cores = min([masked, *(n for n in (None if quotas is None else sum(quotas.values()),
+                                       None if caps is None else sum(caps)) if n is not None)])
+    note = cores_note(mask, quota, cap) if len(here) == 1 else pooled_note(len(here), masked, quotas, caps)
+    return max(1, cores), len(here), note
 
 
 def check_workers(workers: int, info: DistInfo) -> None:
     """Refuse a --workers beyond :data:`.cores.WORKERS_PER_CORE` times this rank's share of its machine's usable cores,
-    before any work (every rank calls it: :func:`node_cores` gathers under torchrun)."""
+    before any work (every rank calls it: :func:`node_cores` gathers under torchrun); the refusal says what capped the
+    cores the ranks here share (not this rank's own figures: its share of a pooled quota is not its own cap)."""
     if workers <= 0:
         return
-    refuse_workers(workers, *node_cores(info), cores_note(affinity(), cpu_quota(), loky_cap()))
+    refuse_workers(workers, *node_limits(info))
 
 
 def _machine() -> tuple[str, str]:

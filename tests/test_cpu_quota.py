@@ -233,3 +233,39 @@ def test_the_workers_refusal_says_nothing_more_where_the_mask_is_the_limit(tmp_p
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     with pytest.raises(ValueError, match=r"may use 2 core\(s\) of this machine, and each loader worker"):
         check_local_workers(9, _tree(tmp_path, "0::/\n", {"cpu.max": "400000 100000"}), {"LOKY_MAX_CPU_COUNT": "8"})
+
+
+@pytest.mark.parametrize(("masks", "quotas", "caps", "said"), [
+    # two ranks pinned to 8 cores each, one cgroup's quota of 4 over both: each may use 2
+    ([range(8), range(8, 16)], [(4, "/sys/fs/cgroup")] * 2, [None, None],
+     "may use 2 core(s) of this machine (the 2 ranks here share 4: the CPU quota of their cgroup /sys/fs/cgroup "
+     "allows 4 of the 16 cores of their affinity masks), "),
+    ([range(64)] * 2, [(2, "/a"), (2, "/b")], [None, None],
+     "may use 2 core(s) of this machine (the 2 ranks here share 4: the CPU quotas of their cgroups /a, /b allow 4 of "
+     "the 64 cores of their affinity masks), "),
+    ([range(64)] * 2, [None, None], [3, 3],
+     "may use 3 core(s) of this machine (the 2 ranks here share 6: their LOKY_MAX_CPU_COUNT (3, 3) caps the 64 "
+     "cores of their affinity masks), "),
+    # each rank's own cap (3 of its 4 cores) is not what limits the 4 cores the two share
+    ([range(4)] * 2, [None, None], [3, 3], "may use 2 core(s) of this machine, and each loader worker")])
+def test_the_workers_refusal_under_torchrun_says_what_capped_the_cores_the_ranks_share(
+        monkeypatch, masks, quotas, caps, said):
+    """Helper 505: under torchrun the refusal's note described this rank's own limits, beside the pooled share it
+    refuses by: two ranks pinned to 8 cores each under one quota of 4 were told they "may use 2 core(s) (the CPU quota
+    of its cgroup /sys/fs/cgroup allows 4 of the 8 cores of its affinity mask)"; two with LOKY_MAX_CPU_COUNT=3 on 4
+    shared cores that "LOKY_MAX_CPU_COUNT=3 caps the 4 cores", where it capped nothing they share."""
+    host = socket.gethostname()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(masks[0]), raising=False)
+    monkeypatch.setenv("GROUP_RANK", "0")
+    monkeypatch.delenv("LOKY_MAX_CPU_COUNT", raising=False)
+    if caps[0] is not None:
+        monkeypatch.setenv("LOKY_MAX_CPU_COUNT", str(caps[0]))
+    monkeypatch.setattr(dist_mod, "cpu_quota", lambda root="/": None if quotas[0] is None else CpuQuota(*quotas[0]))
+
+    def gather(parts, me):
+        parts[:] = [((host, "0"), list(m), q, c) for m, q, c in zip(masks, quotas, caps)]
+
+    monkeypatch.setattr(dist_mod.dist, "all_gather_object", gather)
+    with pytest.raises(ValueError, match=r"--workers 99: this process ") as e:
+        check_workers(99, DistInfo(world_size=2))
+    assert said in str(e.value)

@@ -104,7 +104,7 @@ def test_workers_beyond_the_cores_are_refused_before_any_work(tmp_path, monkeypa
     def no_setup(*args, **kwargs):
         raise AssertionError("the set-up ran: --workers was not checked first")
 
-    monkeypatch.setattr(distributed, "node_cores", lambda info: (2, 1))
+    monkeypatch.setattr(distributed, "node_limits", lambda info: (2, 1, ""))
     monkeypatch.setattr(train_module, "prepare_rank", no_setup)
     with pytest.raises(ValueError, match=r"--workers 1000000: .* 2 core\(s\).* give --workers 8 or fewer"):
         train_module.train(TrainOptions(workers=1_000_000, steps=1, device="cpu", out=str(tmp_path / "run")))
@@ -118,7 +118,7 @@ def test_eval_workers_beyond_the_cores_are_refused_before_the_model_loads(tmp_pa
     def no_load(*args, **kwargs):
         raise AssertionError("the model loaded: --workers was not checked first")
 
-    monkeypatch.setattr(distributed, "node_cores", lambda info: (2, 1))
+    monkeypatch.setattr(distributed, "node_limits", lambda info: (2, 1, ""))
     monkeypatch.setattr(evaluate_module, "load_backbone", no_load)
     monkeypatch.setattr(evaluate_module, "load_pretrained", no_load)
     with pytest.raises(ValueError, match=r"--workers 9: .* 2 core\(s\).* give --workers 8 or fewer"):
