@@ -111,14 +111,18 @@ def _below(path: str, top: str) -> list[str] | None:
 
 
 def _folders(mounts: list[_Mount], path: str) -> list[Path]:
-    """The folder of cgroup ``path`` in the first of ``mounts`` that shows it, and each folder above it up to that
-    mount's top: a parent's limit also binds its children. Where none shows it (a path outside this cgroup
-    namespace, ``/../x``, or under another mount root), the top of the first mount, the top this process sees."""
+    """The folder of cgroup ``path`` in each of ``mounts`` that shows it, and each folder above it up to that mount's
+    top: a parent's limit also binds its children, and a hierarchy mounted twice (a container's own cgroup at
+    ``/sys/fs/cgroup``, the host's whole hierarchy at ``/host/sys/fs/cgroup``) shows the parents in one mount only.
+    Where none shows it (a path outside this cgroup namespace, ``/../x``, or under another mount root), the top of
+    the first mount, the top this process sees."""
+    folders: list[Path] = []
     for mount in mounts:
         parts = _below(path, mount.root)
         if parts is not None and ".." not in parts:
-            return [mount.point.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
-    return [mounts[0].point] if mounts else []
+            folders += [f for f in (mount.point.joinpath(*parts[:i]) for i in range(len(parts), -1, -1))
+                        if f not in folders]
+    return folders or ([mounts[0].point] if mounts else [])
 
 
 def cpu_quota(root: str | os.PathLike[str] = "/") -> CpuQuota | None:

@@ -269,3 +269,20 @@ def test_the_workers_refusal_under_torchrun_says_what_capped_the_cores_the_ranks
     with pytest.raises(ValueError, match=r"--workers 99: this process ") as e:
         check_workers(99, DistInfo(world_size=2))
     assert said in str(e.value)
+
+
+def test_a_hierarchy_mounted_twice_is_read_through_the_mount_that_shows_the_parents(tmp_path):
+    """Helper 505: the first mount that showed the cgroup was read alone. A pod (cgroup v1, no cgroup namespace)
+    mounting the host's hierarchy too (``/host/sys/fs/cgroup``, as node exporters and monitoring agents do): its own
+    mount shows its container's cgroup at its top, the pod's quota above it only in the host's mount, and that 2-CPU
+    quota was missed (no quota: the 64-core mask)."""
+    mounts = _mountinfo(("/kubepods/pod1/ctr", "/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"),
+                        ("/", "/host/sys/fs/cgroup/cpu,cpuacct", "cgroup", "rw,cpu,cpuacct"))
+    root = _tree(tmp_path, "4:cpu,cpuacct:/kubepods/pod1/ctr\n",
+                 {"cpu,cpuacct/cpu.cfs_quota_us": "-1", "cpu,cpuacct/cpu.cfs_period_us": "100000"}, mounts)
+    host = root / "host/sys/fs/cgroup/cpu,cpuacct"
+    for folder, quota in (("", "-1"), ("kubepods", "-1"), ("kubepods/pod1", "200000"), ("kubepods/pod1/ctr", "-1")):
+        (host / folder).mkdir(parents=True, exist_ok=True)
+        (host / folder / "cpu.cfs_quota_us").write_text(quota + "\n")
+        (host / folder / "cpu.cfs_period_us").write_text("100000\n")
+    assert cpu_quota(root) == CpuQuota(2, str(host / "kubepods/pod1"))
