@@ -50,7 +50,8 @@ def test_a_toml_file_sets_the_grid_and_the_command_line_wins(tmp_path, monkeypat
                                                                  ["lora", "mtl_lora"])
     assert (s.single_task, s.match_params, s.precision) == (False, True, "fp32")
     assert s.ablations == {"rank": [4, 16], "lambda_type": ["none"]}
-    assert out == str(tmp_path / "grid") and kwargs == {"overwrite": False, "retry_failed": False}
+    assert out == str(tmp_path / "grid")
+    assert kwargs == {"overwrite": False, "retry_failed": False, "pretrained_as": "--pretrained"}
     # a flag wins over the file's key; --ablate replaces the file's ablations (it was appended to them)
     s, *_ = _settings(monkeypatch, ["--config", str(cfg), "--steps", "9", "--ablate", "n_up=2"])
     assert (s.steps, s.seeds, s.ablations) == (9, 1, {"n_up": [2]})
@@ -121,13 +122,13 @@ def test_a_files_switch_is_turned_off_on_the_command_line(tmp_path, monkeypatch)
                    "no_ablations = true\noverwrite = true\nretry_failed = true\nthreads = 1\n")
     s, _, kwargs = _settings(monkeypatch, ["--config", str(cfg)])
     assert (s.steps, s.single_task, s.match_params, s.ablations) == (30, False, False, {})   # --quick's 30 steps
-    assert kwargs == {"overwrite": True, "retry_failed": True}
+    assert kwargs == {"overwrite": True, "retry_failed": True, "pretrained_as": "--pretrained"}
     s, _, kwargs = _settings(monkeypatch, ["--config", str(cfg), "--no-quick", "--single", "--matched", "--ablations",
                                            "--no-overwrite", "--no-retry-failed"])
     full = BenchSettings()
     assert (s.steps, s.seeds, s.single_task, s.match_params) == (full.steps, full.seeds, True, True)
     assert s.ablations == full.ablations   # --ablations: the default ablations, not none
-    assert kwargs == {"overwrite": False, "retry_failed": False}
+    assert kwargs == {"overwrite": False, "retry_failed": False, "pretrained_as": "--pretrained"}
     # the file's ablate stays where --ablations only undoes no_ablations; --quick on the command line still wins
     cfg.write_text(f"out = {json.dumps(str(tmp_path / 'grid'))}\nthreads = 1\nquick = false\n[ablate]\nrank = [4]\n")
     s, *_ = _settings(monkeypatch, ["--config", str(cfg), "--ablations", "--quick"])

@@ -177,7 +177,7 @@ def test_open_clip_hub_schema_loads_the_cached_folder_offline(tok_dir, tmp_path,
     assert parse_spec("open_clip:hf-hub:acme/tiny-oc").absolute() == "open_clip:hf-hub:acme/tiny-oc"
     tokens = again.tokenizer(["a red circle"])
     assert torch.allclose(again.encode_text(tokens), bb.encode_text(tokens), atol=1e-6)
-    with pytest.raises(ValueError, match="carries its own weights; drop --pretrained"):
+    with pytest.raises(ValueError, match="carries its own weights; drop pretrained='"):
         load_backbone("open_clip:hf-hub:acme/tiny-oc", pretrained=str(folder / "model.safetensors"))
     with pytest.raises(FileNotFoundError, match="acme/other is not in the local Hugging Face cache .*huggingface-cli "
                                                 "download acme/other"):

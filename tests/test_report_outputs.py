@@ -68,13 +68,14 @@ def test_missing_adapter_is_named_before_an_existing_default_out(tmp_path):
 def test_backbone_override_that_cannot_load_is_not_called_the_trained_one(tmp_path):
     """--backbone open_clip:ViT-B-32 on a builtin adapter said 'the base model ... that the adapter was
     trained on'; it names what was given and what the adapter records."""
-    from mtl_lora_vl.io.pretrained import _base_backbone
+    from mtl_lora_vl.io.pretrained import _base_backbone, _Named
 
     doc = {"base": {"backbone": "builtin", "pretrained": None}}
     with pytest.raises(mlv.AdapterFileError) as e:
-        _base_backbone(tmp_path / "adapter", doc, "open_clip:ViT-B-32", None, "cpu")
+        _base_backbone(tmp_path / "adapter", doc, _Named(doc, "open_clip:ViT-B-32", None, "--backbone", "--pretrained"),
+                       "cpu")
     msg = str(e.value)
-    assert "trained on 'builtin'" in msg or "records 'builtin'" in msg, msg
+    assert "records backbone 'builtin'" in msg, msg
     assert "--backbone" in msg
 
 
