@@ -85,6 +85,14 @@ TRAIN_TYPOS = [
     (["--early-stopping-patience", "3"], "--patience"),
     (["--dataloader-num-workers", "2"], "--workers"),
     (["--lr-scheduler-type", "cosine"], None),          # the schedule is cosine, no flag
+    # a flag that cannot read the typo's value is not named (a wrong flag is worse than none)
+    (["--warmup-ratio", "0.1"], None),                  # was --warmup, whole steps (0.1 of the steps is no count)
+    (["--warmup_ratio=0.03"], None),                    # was --warmup
+    (["--save-path", "runs/x"], None),                  # was --save-every (a number of steps)
+    (["--task-name", "vqa"], "--tasks"),                # was --task-lr-mult (a number)
+    (["--lrs", "1e-3,3e-3"], None),                     # was --lr (one number)
+    (["--seeds", "3"], None),                           # was --seed: a count of seeds (bench's) is no seed
+    (["--n-seeds", "3"], None),                         # was --seed
 ]
 
 
@@ -105,6 +113,36 @@ def test_other_commands_are_told_only_their_own_flags(capsys):
         bench_main(["--max-steps", "5", "--output-dir", "x"])
     err = capsys.readouterr().err
     assert "--max-steps (did you mean --steps?) 5 --output-dir (did you mean --out?) x" in err
+
+
+def _bench_hints(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        bench_main(argv)   # (each argv holds an unknown flag: refused before anything runs)
+    assert info.value.code == 2
+    return next(line for line in capsys.readouterr().err.splitlines() if "unrecognized arguments" in line)
+
+
+def test_bench_names_no_flag_that_means_another_thing_or_cannot_read_the_value(capsys):
+    """bench's ``--seed 3`` was told ``--seeds`` (how many seeds, not which), ``--warmup-ratio 0.1`` ``--warmup``
+    (whole steps) and ``--test-split val`` ``--test-n`` (a number of scenes)."""
+    assert _bench_hints(capsys, ["--seed", "3"]).endswith("unrecognized arguments: --seed 3")
+    assert _bench_hints(capsys, ["--warmup-ratio", "0.1"]).endswith("unrecognized arguments: --warmup-ratio 0.1")
+    assert _bench_hints(capsys, ["--test-split", "val"]).endswith("unrecognized arguments: --test-split val")
+    assert "--num-seeds (did you mean --seeds?) 3" in _bench_hints(capsys, ["--num-seeds", "3"])
+    assert "--warmup-steps (did you mean --warmup?) 5" in _bench_hints(capsys, ["--warmup-steps", "5"])
+    assert "--precisions (did you mean --precision?) bf16" in _bench_hints(capsys, ["--precisions", "bf16"])
+    assert "--lr (did you mean --lr-grid?) 1e-3" in _bench_hints(capsys, ["--lr", "1e-3"])
+
+
+def test_a_flag_is_named_only_where_it_reads_the_value():
+    flags = ["--warmup", "--precision", "--grad-clip"]
+    readers = {"--warmup": int, "--grad-clip": float}
+    assert closest_flag("--warmup-ratio", flags, value="0.1", readers=readers) is None
+    assert closest_flag("--warmup-ratio", flags, value="0.1") == "--warmup"   # (no readers: any value)
+    assert closest_flag("--warmup-steps", flags, value="10", readers=readers) == "--warmup"
+    assert closest_flag("--clip-grad", flags, value="x", readers=readers) is None
+    assert closest_flag("--seed", ["--seeds"], value="3") is None
+    assert closest_flag("--num-seeds", ["--seeds", "--seed"], value="3") == "--seeds"
 
 
 def test_a_typo_given_a_value_is_never_told_a_switch():

@@ -9,10 +9,11 @@ command does once they are read (:data:`RUN`, in :mod:`.command`) is imported th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NoReturn
 
 from ..cli.flag_hints import unknown_flag_hints
@@ -153,8 +154,17 @@ def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]
     """Unknown command-line tokens, each flag followed by the closest option's name when one is close."""
     flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]   # (--no-quick, --single)
     switches = [s for a in parser._actions if a.nargs == 0 for s in a.option_strings]   # (store_true, --help)
+    readers = {s: a.type if a.type is int else functools.partial(_choice, a.choices) if a.choices else _floats
+               for a in parser._actions if a.type is int or a.choices or a.dest == "lr_grid" for s in a.option_strings}
     return [f"{tok} (did you mean {close}?)" if close else tok
-            for tok, close in unknown_flag_hints(tokens, flags, switches)]
+            for tok, close in unknown_flag_hints(tokens, flags, switches, readers)]
+
+
+def _choice(choices: Collection[str], value: str) -> str:
+    """``value`` where it is one of ``choices``, else ValueError (a did-you-mean names no flag refusing it)."""
+    if value not in choices:
+        raise ValueError(value)
+    return value
 
 
 #: Flags that are no options of the grid, so no keys of a ``--config`` file: the file itself, logging, --help.

@@ -12,7 +12,12 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   ``--image-max-pixels`` (the one flag that sizes images; ``--image-reading`` picks native or square), ``--bf16`` ->
   ``--precision bf16`` (a flag and its value), and a ``--no-...`` flag only for a typo that says no;
 - a typo given a value (``--x 100``, ``--x=100``) is never told a switch (a boolean or ``--no-...``), which takes
-  none, where a value would not be ``true`` / ``false``;
+  none, where a value would not be ``true`` / ``false``; nor, for a spelling alike, a flag that cannot read that
+  value (``readers``): ``--warmup-ratio 0.1`` is not told ``--warmup`` (whole steps), ``--save-path x`` not
+  ``--save-every`` (a number), while another tool's word still names its flag (``--eval-strategy steps`` ->
+  ``--eval-every``);
+- a seed and a count of seeds are two things: ``--seed 3`` is not told bench's ``--seeds`` (how many), nor
+  ``--seeds 3`` train's ``--seed``;
 - otherwise the closest spelling (difflib's ratio >= 0.6), a flag sharing the typo's first or last word (not a
   filler) counting 0.1 closer (``--eval-batch`` -> ``--eval-batch-size``, ``--max-steps`` -> ``--steps`` in a
   command without ``--max-bad-steps``); a wrong flag is worse than none, so a flag sharing no word with the typo
@@ -25,7 +30,8 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any
 
 __all__ = ["closest_flag", "unknown_flag_hints"]
 
@@ -51,6 +57,9 @@ _FILLER = frozenset({"num", "max", "total", "dir", "path", "rate", "value", "lor
 _PRECISION_SWITCHES = {"bf16": ("--precision", "--base-dtype"), "fp16": ("--precision", "--base-dtype"),
                        "fp32": ("--precision", "--base-dtype")}
 
+#: Words of a flag that name another thing than the word they are spelt like: a seed and a count of seeds.
+_NOT_SAME = (("seed", "seeds"),)
+
 #: The values a switch (a boolean flag) takes after it.
 _SWITCH_VALUES = frozenset({"true", "false"})
 
@@ -74,14 +83,29 @@ def _same_meaning(name: str, pool: Sequence[str]) -> str | None:
     return max(found, key=lambda f: difflib.SequenceMatcher(None, name, f).ratio()) if found else None
 
 
+def _reads(reader: Callable[[str], Any] | None, value: str) -> bool:
+    """Whether a flag whose values ``reader`` converts (None: any text) takes ``value``."""
+    try:
+        return reader is None or reader(value) is not None
+    except (ValueError, TypeError):
+        return False
+
+
+def _means_other(words: Sequence[str], flag_words: Sequence[str]) -> bool:
+    """Whether one of the typo's ``words`` and a flag's say different things spelt alike (:data:`_NOT_SAME`)."""
+    return any((a in words and b in flag_words and b not in words)
+               or (b in words and a in flag_words and a not in words) for a, b in _NOT_SAME)
+
+
 def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (),
-                 value: str | None = None) -> str | None:
+                 value: str | None = None, readers: Mapping[str, Callable[[str], Any]] | None = None) -> str | None:
     """The flag of ``flags`` an unknown command-line ``token`` (``--name`` or ``--name=value``) most likely means,
     or None when none is close or the token is not an unknown flag. ``switches``: the flags of ``flags`` that take
     no value (or only true / false), never named for a token given another ``value`` (the next token, or after
-    ``=``). The words of another tool's flag name this package's (:func:`_same_meaning`); else the closest spelling
-    wins, a flag sharing the token's first or last word first. A ``--no-...`` flag is named only for a typo that
-    says no (``--no-compiling``, ``--disable-compile``): ``--torch-compile`` means ``--compile``. A precision typed
+    ``=``), nor, by spelling alone, a flag of ``readers`` (flag -> its converter, raising ValueError) that cannot
+    read that value. The words of another tool's flag name this package's (:func:`_same_meaning`); else the closest
+    spelling wins, a flag sharing the token's first or last word first. A ``--no-...`` flag is named only for a typo
+    that says no (``--no-compiling``, ``--disable-compile``): ``--torch-compile`` means ``--compile``. A precision typed
     as a switch is told the flag and value (``--bf16`` -> ``--precision bf16``)."""
     name, eq, given = token.partition("=")
     if not name.startswith("--") or name in flags:
@@ -96,10 +120,12 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
         if taker is not None:
             return f"{taker} {words[0]}" if value is None or value.lower() == "true" else taker
     negated = name.lstrip("-").lower().startswith("no") or "no" in _alternatives(words[0])
-    pool = [f for f in flags if not (valued and f in switches) and (negated or not f.startswith("--no-"))]
-    same = _same_meaning(name, pool)
+    pool = [f for f in flags if not (valued and f in switches) and (negated or not f.startswith("--no-"))
+            and not _means_other(words, _words(f))]
+    same = _same_meaning(name, pool)   # (another tool's word for it: --eval-strategy steps -> --eval-every N)
     if same is not None:
         return same
+    pool = [f for f in pool if not valued or _reads((readers or {}).get(f), value)]
     first, last = (set(_alternatives(w)) - {""} if w not in _FILLER else set() for w in (words[0], words[-1]))
     scored = []
     for f in pool:
@@ -125,8 +151,8 @@ def _shares_a_word(words: Sequence[str], flag_words: Sequence[str]) -> bool:
                for a in mine for b in theirs)
 
 
-def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str],
-                       switches: Collection[str] = ()) -> list[tuple[str, str | None]]:
+def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str], switches: Collection[str] = (),
+                       readers: Mapping[str, Callable[[str], Any]] | None = None) -> list[tuple[str, str | None]]:
     """Each of the unknown command-line ``tokens`` (as the parser lists them, values included) with the flag it
     most likely means (:func:`closest_flag`; None for a value or where none is close); a token's value is the one
     after it, unless that is a flag too."""
@@ -134,5 +160,5 @@ def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str],
     for i, tok in enumerate(tokens):
         after = tokens[i + 1] if i + 1 < len(tokens) else None
         value = after if after is not None and not after.startswith("--") else None
-        out.append((tok, closest_flag(tok, flags, switches, value)))
+        out.append((tok, closest_flag(tok, flags, switches, value, readers)))
     return out

@@ -32,7 +32,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any, Literal, NoReturn
@@ -167,7 +167,7 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
                         "--verbose", "--quiet", "--help"]
             tokens = message.split(":", 1)[1].split()
             hints = [f"{tok.partition('=')[0]} (did you mean {close}?)"
-                     for tok, close in unknown_flag_hints(tokens, flags, switches) if close]
+                     for tok, close in unknown_flag_hints(tokens, flags, switches, _readers(cls)) if close]
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"
         fail(parser, message)
@@ -420,6 +420,26 @@ def _flags(cls: type) -> dict[str, str]:
     flags = {flag(f.name): f.name for f in fields(cls)}
     return flags | {"--no-" + f.name.replace("_", "-"): f.name for f in fields(cls)
                     if non_none(types_[f.name])[0] is bool}
+
+
+def _readers(cls: type) -> dict[str, Callable[[str], Any]]:
+    """Each flag of ``cls`` that takes a number or a choice -> a converter raising ValueError for a value it cannot
+    read (a did-you-mean names no flag that could not read the typo's value: ``--warmup-ratio 0.1``)."""
+    hints = field_types(cls)
+    out: dict[str, Callable[[str], Any]] = {}
+    for f in fields(cls):
+        tp = non_none(_field_type(f, hints))[0]
+        if tp in (int, float):
+            out[flag(f.name)] = tp
+        elif getattr(tp, "__origin__", None) is Literal:
+            out[flag(f.name)] = functools.partial(_choice, tuple(tp.__args__))
+    return out
+
+
+def _choice(choices: tuple[str, ...], value: str) -> str:
+    if value not in choices:
+        raise ValueError(value)
+    return value
 
 
 def _flag_name(cls: type, token: str) -> str | None:
