@@ -53,8 +53,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:   # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
+    sys.path.insert(0, str(HERE))
+
+from _parse_checks import at_least  # noqa: E402
 
 from mtl_lora_vl.options import TrainOptions  # noqa: E402
+
+#: What a count below 1 is told (checked as it is parsed, before torch is imported).
+POSITIVE = at_least(1, "{flag} must be at least 1, got {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,32 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--case", choices=["clip", "llava"], default="clip",
                     help="clip: an open_clip model, both towers; llava: a LLaVA (vision tower + LM) (default clip)")
     ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")
-    ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)")
-    ap.add_argument("--rank", type=int, default=8, help="adapter rank r of every method (default 8)")
-    ap.add_argument("--n-up", type=int, default=3, help="MTL-LoRA's shared up-projections B_i (default 3)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 16 (clip) / 4 (llava)", **POSITIVE)
+    ap.add_argument("--rank", type=int, default=8, help="adapter rank r of every method (default 8)", **POSITIVE)
+    ap.add_argument("--n-up", type=int, default=3, help="MTL-LoRA's shared up-projections B_i (default 3)", **POSITIVE)
     ap.add_argument("--vision-layers", type=int, default=12,
-                    help="llava: CLIP vision layers (12 = ViT-B/32's)")
+                    help="llava: CLIP vision layers (12 = ViT-B/32's)", **POSITIVE)
     ap.add_argument("--vision-width", type=int, default=768,
                     help="llava: CLIP vision width (768 = ViT-B/32; small widths with --lm-width 64 make a CPU step "
-                         "host-bound, as a GPU's: what each case's Python and operator count cost)")
-    ap.add_argument("--lm-layers", type=int, default=8, help="llava: language-model layers")
-    ap.add_argument("--lm-width", type=int, default=1024, help="llava: language-model width")
-    ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size")
-    ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)")
-    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)")
+                         "host-bound, as a GPU's: what each case's Python and operator count cost)", **POSITIVE)
+    ap.add_argument("--lm-layers", type=int, default=8, help="llava: language-model layers", **POSITIVE)
+    ap.add_argument("--lm-width", type=int, default=1024, help="llava: language-model width", **POSITIVE)
+    ap.add_argument("--vocab", type=int, default=8000, help="llava: vocabulary size", **POSITIVE)
+    ap.add_argument("--text-len", type=int, default=32, help="llava: text tokens per row (after 49 image tokens)",
+                    **POSITIVE)
+    ap.add_argument("--repeats", type=int, default=7, help="timed rounds per case (median reported)", **POSITIVE)
     ap.add_argument("--steps-per-round", type=int, default=1,
-                    help="steps per case and round, timed together (more smooths short steps' jitter)")
+                    help="steps per case and round, timed together (more smooths short steps' jitter)", **POSITIVE)
     ap.add_argument("--warmup", type=int, default=2,
                     help="untimed steps per case before the (also untimed) step that measures memory (at least 1: "
-                         "a case's first step creates the optimizer state and forms state the later steps reuse)")
+                         "a case's first step creates the optimizer state and forms state the later steps reuse)",
+                    # the measured step would be the first: 2.1-2.4x the operators of a later one, mixed
+                    **at_least(1, "--warmup must be at least 1 (a case's first step creates the optimizer state and "
+                                  "forms what later steps reuse, so the counts would not be a step's), got {value}"))
     ap.add_argument("--device", default=None,   # None: cuda where there is one, asked of torch once parsed (main)
                     help="cpu | cuda | cuda:N (default cuda where there is one)")
     ap.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                     help="bf16 / fp16: base weights in that dtype under autocast, adapters fp32 (default fp32)")
     ap.add_argument("--grad-clip", type=float, default=TrainOptions().grad_clip,
                     help="clip each step's gradient norm to this, as the trainer's --grad-clip does (default "
-                         f"{TrainOptions().grad_clip:g}, the trainer's; 0 = off: the step timed before this option)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)")
+                         f"{TrainOptions().grad_clip:g}, the trainer's; 0 = off: the step timed before this option)",
+                    **at_least(0, "--grad-clip must be >= 0 (0 = no clipping), got {value}"))   # (nan too)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = torch default)",
+                    **at_least(0, "--threads must be >= 0"))
     ap.add_argument("--json", default=None, help="write results to this JSON file (an earlier result there is "
                                                         "replaced, any other file refused)")
     ap.add_argument("--no-peft", action="store_true", help="skip the PEFT baseline")
@@ -486,22 +500,11 @@ def model_size_error(args) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = build_parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_args(argv)   # (counts below 1, --threads, --warmup and --grad-clip refused there)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size is None:
         args.batch_size = 16 if args.case == "clip" else 4
-    for name in ("batch_size", "rank", "n_up", "vision_layers", "vision_width", "lm_layers", "lm_width", "vocab",
-                 "text_len", "repeats", "steps_per_round"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 1:   # the measured step would be the first: 2.1-2.4x the operators of a later one, mixed
-        ap.error(f"--warmup must be at least 1 (a case's first step creates the optimizer state and forms what later "
-                 f"steps reuse, so the counts would not be a step's), got {args.warmup}")
-    if args.threads < 0:
-        ap.error("--threads must be >= 0")
-    if not args.grad_clip >= 0:   # (nan too)
-        ap.error(f"--grad-clip must be >= 0 (0 = no clipping), got {args.grad_clip}")
     size_error = model_size_error(args)
     if size_error:   # torch's, transformers' or open_clip's own error otherwise, after building the first models
         ap.error(size_error)

@@ -23,17 +23,29 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
+    sys.path.insert(0, str(HERE))
+
+from _parse_checks import at_least  # noqa: E402
+
+#: What a count below 1 is told (checked as it is parsed, before torch is imported).
+POSITIVE = "{flag} must be at least 1, got {value}"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    p.add_argument("--images", type=int, default=8, help="images captioned per case, one row each (default 8)")
-    p.add_argument("--max-len", type=int, default=30, help="tokens decoded per caption (default 30)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)",
+                   **at_least(1, POSITIVE))
+    p.add_argument("--images", type=int, default=8, help="images captioned per case, one row each (default 8)",
+                   **at_least(1, POSITIVE))
+    p.add_argument("--max-len", type=int, default=30, help="tokens decoded per caption (default 30)",
+                   **at_least(1, POSITIVE))
     p.add_argument("--repeats", type=int, default=3,
-                   help="timed rounds of every case after one warm-up round; medians are printed (default 3)")
+                   help="timed rounds of every case after one warm-up round; medians are printed (default 3)",
+                   **at_least(1, POSITIVE))
     return p
 
 
@@ -66,10 +78,7 @@ def build(device: torch.device):
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    args = p.parse_args(argv)
-    for name in ("threads", "images", "max_len", "repeats"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    args = p.parse_args(argv)   # (counts below 1 refused there)
     try:
         device = pick_device(args.device)
     except RuntimeError as e:   # a bad name, or cuda without a GPU: said now, not from inside model.to()

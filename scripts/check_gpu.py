@@ -27,6 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:   # run from a checkout without installing
     sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
+    sys.path.insert(0, str(HERE))
+
+from _parse_checks import refusing  # noqa: E402
 
 #: The checks by name, in the order they run (``--only`` picks some): each takes the device, returns its figures.
 CHECKS: dict[str, Callable[[str], dict]] = {
@@ -41,13 +46,21 @@ CHECKS: dict[str, Callable[[str], dict]] = {
 }
 
 
+def unknown_checks(flag: str, only: str) -> str | None:
+    """What ``--only`` names that is not a check, or None: refused as it is parsed, before torch is imported (and
+    before a machine without CUDA is told there is nothing to check)."""
+    unknown = [n for n in only.split(",") if n and n not in CHECKS]
+    return f"{flag}: unknown check(s) {unknown}; known: {list(CHECKS)}" if unknown else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write every figure to this file (an earlier result there is replaced, "
                                          "any other file refused)")
     ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")
-    ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS))
+    ap.add_argument("--only", default="", help="comma-separated check names (default: all): " + ", ".join(CHECKS),
+                    **refusing(unknown_checks))
     return ap
 
 
@@ -281,10 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(str(e))
         if replacing:   # a file of another kind was refused above
             print(f"check_gpu: --json {args.json} holds earlier results; this run replaces them", flush=True)
-    names = [n for n in args.only.split(",") if n] or list(CHECKS)
-    unknown = [n for n in names if n not in CHECKS]
-    if unknown:
-        ap.error(f"--only: unknown check(s) {unknown}; known: {list(CHECKS)}")
+    names = [n for n in args.only.split(",") if n] or list(CHECKS)   # (unknown names refused as it was parsed)
     name_of = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     results: dict[str, dict] = {"device": {"name": name_of, "torch": torch.__version__, "passed": True}}
     for name in names:

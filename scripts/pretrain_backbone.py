@@ -29,20 +29,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
+    sys.path.insert(0, str(HERE))
+
+from _parse_checks import at_least  # noqa: E402
+
+#: A batch of one pair: every InfoNCE gradient is 0 (checked as it is parsed, before torch is imported).
+TWO_PAIRS = at_least(2, "{flag} must be >= 2 (a contrastive batch needs two pairs), got {value}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; "
-                                                           "the committed asset took 24)")
-    ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)")
+                                                           "the committed asset took 24)", **at_least(1))
+    ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)", **TWO_PAIRS)
     ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices (default 0.1)")
-    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining pairs (default: the world's split)")
+    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining pairs (default: the world's split)",
+                    **TWO_PAIRS)
     ap.add_argument("--seed", type=int, default=None,
                     help="world and training seed (default 0; with --evaluate, the one the backbone was trained with)")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)",
+                    **at_least(1))   # --evaluate too: torch's own error otherwise
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_clip",
                     help="where to write the backbone (default assets/builtin_clip)")
     ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
@@ -342,9 +352,7 @@ def evaluate_saved(path: Path, seed: int | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
-    if args.threads is not None and args.threads < 1:   # --evaluate too: torch's own error otherwise
-        ap.error(f"--threads must be >= 1, got {args.threads}")
+    args = ap.parse_args(argv)   # (--threads, --steps, --batch-size and --n-pretrain too low refused there)
     if args.evaluate is not None:
         ignored = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()   # parsed: abbreviations too
                          if k not in ("evaluate", "seed", "threads") and v != ap.get_default(k))
@@ -356,12 +364,6 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         return evaluate_saved(args.evaluate, args.seed)
     args.seed = 0 if args.seed is None else args.seed
-    if args.steps < 1:
-        ap.error(f"--steps must be >= 1, got {args.steps}")
-    if args.batch_size < 2:   # one pair: every InfoNCE gradient is 0
-        ap.error(f"--batch-size must be >= 2 (a contrastive batch needs two pairs), got {args.batch_size}")
-    if args.n_pretrain is not None and args.n_pretrain < 2:   # one pair: every InfoNCE gradient is 0
-        ap.error(f"--n-pretrain must be >= 2 (a contrastive batch needs two pairs), got {args.n_pretrain}")
     if not (0 <= args.lr < math.inf and 0 <= args.weight_decay < math.inf):   # < 0: gradient ascent; inf: NaN
         ap.error(f"--lr and --weight-decay must be finite and >= 0, got {args.lr} and {args.weight_decay}")
     try:  # before training (minutes), not at the save

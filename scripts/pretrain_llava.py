@@ -61,6 +61,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
+    sys.path.insert(0, str(HERE))
+
+from _parse_checks import at_least, refusing  # noqa: E402
 
 from mtl_lora_vl.data import instructions, world  # noqa: E402
 from mtl_lora_vl.data.instructions import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
@@ -82,40 +87,65 @@ LLAVA_FILES = ("config.json", "generation_config.json", "model.safetensors", "pr
                "chat_template.json", "chat_template.jinja")
 
 
+def instruction_kinds(instruction_types: str) -> tuple[str, ...]:
+    """The kinds ``--instruction-types`` names, in its order."""
+    return tuple(k.strip() for k in instruction_types.split(",") if k.strip())
+
+
+def unknown_kinds(flag: str, instruction_types: str) -> str | None:
+    """What is wrong with ``--instruction-types`` (a kind not known, or none), or None: refused as it is parsed."""
+    kinds = instruction_kinds(instruction_types)
+    unknown = [k for k in kinds if k not in KNOWN_KINDS]
+    if unknown or not kinds:
+        return f"{flag}: unknown or no kinds {unknown}; choose from {','.join(KNOWN_KINDS)}"
+    return None
+
+
+def finite(flag: str, value: float) -> str | None:
+    """A negative rate trains by gradient ascent; inf writes a NaN asset (refused as it is parsed)."""
+    return None if 0 <= value < math.inf else f"{flag} must be finite and >= 0, got {value}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)")
-    ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)")
+    ap.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)", **at_least(1))
+    ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)", **at_least(1))
     ap.add_argument("--turns", type=int, default=8, help="turns per image and step: one caption + "
-                                                         "questions (default 8)")
-    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of projector and LM (default 2e-3)")
+                                                         "questions (default 8)", **at_least(1))
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate of projector and LM (default 2e-3)",
+                    **refusing(finite))
     ap.add_argument("--vision-lr", type=float, default=0.0,
                     help="peak learning rate of the vision tower; 0 (the default) keeps the built-in "
-                         "CLIP's tower frozen")
+                         "CLIP's tower frozen", **refusing(finite))
     ap.add_argument("--instruction-types", default=",".join(DEFAULT_KINDS),
                     help="comma-separated kinds of generic question to pretrain on (default "
-                         f"{','.join(DEFAULT_KINDS)}; known: {','.join(KNOWN_KINDS)})")
+                         f"{','.join(DEFAULT_KINDS)}; known: {','.join(KNOWN_KINDS)})", **refusing(unknown_kinds))
     ap.add_argument("--feature-layer", type=int, default=-1,
                     help="vision tower layer whose patch features feed the projector (default -1, the last)")
-    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)")
-    ap.add_argument("--hidden", type=int, default=160, help="language model width (default 160)")
-    ap.add_argument("--layers", type=int, default=3, help="language model layers (default 3)")
-    ap.add_argument("--heads", type=int, default=4, help="language model attention heads (default 4)")
-    ap.add_argument("--intermediate", type=int, default=448, help="language model MLP width (default 448)")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay on matrices (default 0.05)",
+                    **refusing(finite))
+    ap.add_argument("--hidden", type=int, default=160, help="language model width (default 160)", **at_least(1))
+    ap.add_argument("--layers", type=int, default=3, help="language model layers (default 3)", **at_least(1))
+    ap.add_argument("--heads", type=int, default=4, help="language model attention heads (default 4)", **at_least(1))
+    ap.add_argument("--intermediate", type=int, default=448, help="language model MLP width (default 448)",
+                    **at_least(1))
     ap.add_argument("--clip", type=Path, default=CLIP_DIR, metavar="DIR",
                     help="the open_clip CLIP whose image tower, words and image normalisation the LLaVA starts from "
                          "(default assets/builtin_clip; e.g. one rebuilt by pretrain_backbone.py --out DIR)")
     ap.add_argument("--no-clip-init", action="store_true",
                     help="start the vision tower from random weights (needs --vision-lr > 0 to train it)")
-    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)")
-    ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)")
+    ap.add_argument("--n-pretrain", type=int, default=None, help="pretraining scenes (default: the world's split)",
+                    **at_least(1))
+    ap.add_argument("--eval-scenes", type=int, default=None, help="val scenes to evaluate (default: all)",
+                    **at_least(1))
     ap.add_argument("--eval-every", type=int, default=0,
                     help="also evaluate (on --eval-scenes) every this many steps while training "
-                         "(default: only at the end)")
+                         "(default: only at the end)",
+                    **at_least(0, "{flag} must be >= 0 (0: only at the end), got {value}"))
     ap.add_argument("--seed", type=int, default=None,
                     help="world and training seed (default 0; with --evaluate, the one the model was trained with)")
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)", **at_least(1))
     ap.add_argument("--out", type=Path, default=REPO / "assets" / "builtin_llava",
                     help="where to write the model (default assets/builtin_llava)")
     ap.add_argument("--evaluate", type=Path, default=None, metavar="DIR",
@@ -635,11 +665,7 @@ def evaluate_saved(path: Path, seed: int | None, n_scenes: int | None, threads: 
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
-    args = ap.parse_args(argv)
-    for flag, value in (("--threads", args.threads), ("--n-pretrain", args.n_pretrain),
-                        ("--eval-scenes", args.eval_scenes)):
-        if value is not None and value < 1:   # found after training (minutes) otherwise, or a raw error
-            ap.error(f"{flag} must be >= 1, got {value}")
+    args = ap.parse_args(argv)   # (counts, rates and kinds out of range refused there: after training otherwise)
     if args.evaluate is not None:
         ignored = sorted(f"--{k.replace('_', '-')}" for k, v in vars(args).items()   # parsed: abbreviations too
                          if k not in ("evaluate", "seed", "eval_scenes", "threads") and v != ap.get_default(k))
@@ -649,19 +675,9 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--evaluate {args.evaluate}: not a saved model directory (no config.json)")
         return evaluate_saved(args.evaluate, args.seed, args.eval_scenes, args.threads)
     args.seed = 0 if args.seed is None else args.seed
-    for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--turns", args.turns),
-                        ("--hidden", args.hidden), ("--layers", args.layers), ("--heads", args.heads),
-                        ("--intermediate", args.intermediate)):
-        if value < 1:
-            ap.error(f"{flag} must be >= 1, got {value}")
-    if args.eval_every < 0:
-        ap.error(f"--eval-every must be >= 0 (0: only at the end), got {args.eval_every}")
     if args.hidden % (2 * args.heads):
         ap.error(f"--hidden ({args.hidden}) must be a multiple of --heads ({args.heads}) with an even head size "
                  f"(rotary embeddings), got a head size of {args.hidden / args.heads:g}")
-    for flag, value in (("--lr", args.lr), ("--vision-lr", args.vision_lr), ("--weight-decay", args.weight_decay)):
-        if not 0 <= value < math.inf:   # a negative rate trains by gradient ascent; inf writes a NaN asset
-            ap.error(f"{flag} must be finite and >= 0, got {value}")
     if args.no_clip_init and args.vision_lr == 0:
         ap.error("--no-clip-init with --vision-lr 0 ships a random, frozen vision tower; give --vision-lr > 0")
     if not args.no_clip_init and not all((args.clip / f).is_file() for f in ("model.safetensors", "tokenizer.json",
@@ -680,11 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         check_asset_dir(args.out, "pretrain.json", "settings", "--out", own=LLAVA_FILES)
     except OSError as e:
         ap.error(str(e))
-    kinds = tuple(k.strip() for k in args.instruction_types.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in KNOWN_KINDS]
-    if unknown or not kinds:
-        ap.error(f"--instruction-types: unknown or no kinds {unknown}; "
-                 f"choose from {','.join(KNOWN_KINDS)}")
+    kinds = instruction_kinds(args.instruction_types)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()

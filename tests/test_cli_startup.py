@@ -17,6 +17,10 @@ timing run is ``scripts/_image_check_timing.py`` now, imported once its options 
 ``check_gpu.py`` imported torch (bench_adapters: open_clip and transformers too) before reading their options: 4-6 s
 for ``--help`` or a mistyped flag on a busy machine. Each builds its parser in ``build_parser()``, which runs before
 those imports when the file is run as a script; ``main()`` parses with it again (the tests import the scripts whole).
+A value such a parser took but ``main()`` refused (``--threads 0``, ``--images 0``, ``check_gpu.py --only nope``)
+still waited for torch (3.6-5.6 s), and ``check_gpu.py --only nope`` on a machine without CUDA only said that there
+was nothing to check: the parsers refuse those values as they read them now (``scripts/_parse_checks.py``), in the
+same words.
 """
 
 from __future__ import annotations
@@ -74,6 +78,28 @@ def _imported(cmd: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
     ([str(REPO / "scripts" / "pretrain_llava.py"), "--eval", "3"], 2, "ambiguous option: --eval could match"),
     ([str(REPO / "scripts" / "check_gpu.py"), "--olny", "x"], 2, "unrecognized arguments: --olny x"),
     ([str(REPO / "scripts" / "show_world.py"), "--per-row", "x"], 2, "--per-row: invalid int value: 'x'"),
+    # values the parser takes but main() refused, once torch was imported (the same words now, before it)
+    ([str(REPO / "scripts" / "bench_adapters.py"), "--repeats", "0"], 2, "error: --repeats must be at least 1, got 0"),
+    ([str(REPO / "scripts" / "bench_adapters.py"), "--threads", "-1"], 2, "error: --threads must be >= 0\n"),
+    ([str(REPO / "scripts" / "bench_adapters.py"), "--warmup", "0"], 2, "error: --warmup must be at least 1 (a case's"),
+    ([str(REPO / "scripts" / "bench_adapters.py"), "--grad-clip", "nan"], 2,
+     "error: --grad-clip must be >= 0 (0 = no clipping), got nan"),
+    ([str(REPO / "scripts" / "bench_generation.py"), "--images", "0"], 2, "error: --images must be at least 1, got 0"),
+    ([str(REPO / "scripts" / "bench_generation.py"), "--thr", "0"], 2, "error: --threads must be at least 1, got 0"),
+    ([str(REPO / "scripts" / "pretrain_backbone.py"), "--threads", "0"], 2, "error: --threads must be >= 1, got 0"),
+    ([str(REPO / "scripts" / "pretrain_backbone.py"), "--batch-size", "1"], 2,
+     "error: --batch-size must be >= 2 (a contrastive batch needs two pairs), got 1"),
+    ([str(REPO / "scripts" / "pretrain_llava.py"), "--threads", "0"], 2, "error: --threads must be >= 1, got 0"),
+    ([str(REPO / "scripts" / "pretrain_llava.py"), "--eval-every", "-5"], 2,
+     "error: --eval-every must be >= 0 (0: only at the end), got -5"),
+    ([str(REPO / "scripts" / "pretrain_llava.py"), "--lr", "inf"], 2, "error: --lr must be finite and >= 0, got inf"),
+    ([str(REPO / "scripts" / "pretrain_llava.py"), "--instruction-types", "color,nope"], 2,
+     "error: --instruction-types: unknown or no kinds ['nope']; choose from color,shape,count,existence,relation,"),
+    ([str(REPO / "scripts" / "pretrain_llava.py"), "--instruction-types", ","], 2,
+     "error: --instruction-types: unknown or no kinds []; choose from"),
+    # (said "no CUDA device; nothing to check" on a machine without one, and after torch on one with a GPU)
+    ([str(REPO / "scripts" / "check_gpu.py"), "--only", "llava_generate_fp32,nope"], 2,
+     "error: --only: unknown check(s) ['nope']; known: ['llava_generate_fp32', "),
 ])
 def test_help_and_option_errors_import_no_model_library(cmd, code, says):
     done, names = _imported(cmd)

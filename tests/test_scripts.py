@@ -99,7 +99,7 @@ def test_check_gpu_runs_its_checks_on_the_cpu_and_fails_a_wrong_route(tmp_path, 
     with pytest.raises(SystemExit):   # a place no file can be written: refused before the checks (helper 142)
         check_gpu.main(["--device", "cpu", "--only", only, "--json", "/proc/checks.json"])
     assert "--json /proc/checks.json: cannot write there" in capsys.readouterr().err
-    with pytest.raises(SystemExit):   # refused after the --json check: the check leaves no folder behind
+    with pytest.raises(SystemExit):   # refused as parsed, before the --json check: it leaves no folder behind
         check_gpu.main(["--device", "cpu", "--only", "nope", "--json", str(tmp_path / "new" / "checks.json")])
     assert not (tmp_path / "new").exists()
     out = tmp_path / "new" / "checks.json"   # a missing folder is made when the file is written
@@ -351,11 +351,13 @@ def test_check_gpu_json_replaces_only_its_own_earlier_results_and_says_so(tmp_pa
     """--json replaced any file silently (a task spec, a README) once every check had run; now a file that is not
     an earlier result is refused before the checks, and an earlier result is replaced with a line saying so."""
     check_gpu = _script("check_gpu")
+    # (a check that fails the test if it runs: ``--only nope`` stopped here before, and is refused as parsed now)
+    check_gpu.CHECKS["llava_generate_bf16"] = lambda device: pytest.fail("a check ran before --json was refused")
     for name, text in (("notes.json", '{"mine": 1}'), ("vqa.toml", 'kind = "vqa"\n')):
         user = tmp_path / name
         user.write_text(text)
         with pytest.raises(SystemExit) as e:
-            check_gpu.main(["--device", "cpu", "--only", "nope", "--json", str(user)])
+            check_gpu.main(["--device", "cpu", "--only", "llava_generate_bf16", "--json", str(user)])
         assert e.value.code == 2 and "is not an earlier result of this script" in capsys.readouterr().err
         assert user.read_text() == text
     out = tmp_path / "checks.json"
@@ -499,3 +501,4 @@ def test_asset_script_refusals_name_the_value_given(script, args, want, tmp_path
     with pytest.raises(SystemExit) as e:
         mod.main([*args, "--out", str(tmp_path / "out")])
     assert e.value.code == 2 and want in capsys.readouterr().err
+
