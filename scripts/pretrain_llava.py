@@ -67,8 +67,8 @@ if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded fr
 
 from _parse_checks import at_least, refusing  # noqa: E402
 
-from mtl_lora_vl.data import instructions, world  # noqa: E402
-from mtl_lora_vl.data.instructions import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
+# the kinds' table, not the instructions' writer: the parser lists them without the world's renderer (PIL)
+from mtl_lora_vl.data.instruction_kinds import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
 from mtl_lora_vl.families import OPEN_CLIP_CONFIG  # noqa: E402
 from mtl_lora_vl.training.schedule import cosine_with_warmup  # noqa: E402
 
@@ -158,6 +158,7 @@ if __name__ == "__main__":   # --help and an option error answer here, before th
 
 import torch  # noqa: E402
 
+from mtl_lora_vl.data import instructions, world  # noqa: E402
 from mtl_lora_vl.io.atomic import atomic_dir, atomic_file, check_asset_dir  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
