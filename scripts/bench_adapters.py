@@ -111,8 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on a GPU: each case's kernel time in one step (torch.profiler, after the timed rounds), "
                          "beside its wall time; kernels on several streams add up, so it is kernel time, not busy time")
     ap.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
-                    help="torch.compile every case's training forward (backend inductor unless named; compiled in the "
-                         "warm-up steps): launches and Python mostly gone, what is left is each method's kernels")
+                    help="torch.compile every case's training forward with BACKEND, a torch.compile backend name: "
+                         "inductor when none is named (--compile alone or followed by another flag), else e.g. "
+                         "aot_eager, eager or cudagraphs (torch.compiler.list_backends(exclude_tags=()) lists them); "
+                         "compiled in the warm-up steps: launches and Python mostly gone, what is left is each "
+                         "method's kernels")
     return ap
 
 
@@ -508,6 +511,10 @@ def main(argv: list[str] | None = None) -> dict:
     size_error = model_size_error(args)
     if size_error:   # torch's, transformers' or open_clip's own error otherwise, after building the first models
         ap.error(size_error)
+    backends = torch.compiler.list_backends(exclude_tags=()) if args.compile else ()
+    if args.compile and args.compile not in backends:   # torch.compile's InvalidBackend otherwise, after a model built
+        ap.error(f"--compile {args.compile!r}: not a torch.compile backend; e.g. inductor (what --compile alone "
+                 f"takes), aot_eager, eager (all: {', '.join(b for b in backends if 'TESTING' not in b)})")
     if args.json:   # checked now, not after minutes of timing: its place, and that a file can be written there
         try:
             replacing = check_writable_file(args.json, "--json", own_keys=("median_s",))

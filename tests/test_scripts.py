@@ -502,3 +502,20 @@ def test_asset_script_refusals_name_the_value_given(script, args, want, tmp_path
         mod.main([*args, "--out", str(tmp_path / "out")])
     assert e.value.code == 2 and want in capsys.readouterr().err
 
+
+def test_bench_adapters_compile_takes_a_backend_or_inductor_and_refuses_an_unknown_one_before_building(capsys):
+    """``--compile`` takes an optional BACKEND: alone or before another flag it is inductor. A word that is no
+    backend (``--compile cpu``, meant as a device) failed as torch.compile's InvalidBackend traceback once the first
+    model was built; it is the parser's error now, before any model (sizes tiny: the old path built one)."""
+    bench = _script("bench_adapters")
+    parse = bench.build_parser().parse_args
+    assert parse(["--compile", "--device", "cpu"]).compile == "inductor"
+    assert parse(["--compile"]).compile == "inductor" and parse([]).compile is None
+    assert parse(["--compile", "aot_eager", "--repeats", "2"]).compile == "aot_eager"
+    assert "BACKEND, a torch.compile backend name" in bench.build_parser().format_help()
+    tiny = ["--case", "llava", "--vision-layers", "1", "--vision-width", "64", "--lm-layers", "1", "--lm-width", "64",
+            "--vocab", "32", "--text-len", "2", "--batch-size", "3", "--repeats", "1", "--warmup", "1", "--no-peft"]
+    with pytest.raises(SystemExit) as e:
+        bench.main([*tiny, "--device", "cpu", "--compile", "cpu"])
+    assert e.value.code == 2 and "--compile 'cpu': not a torch.compile backend; e.g. inductor" in \
+        capsys.readouterr().err
