@@ -204,18 +204,45 @@ def test_no_rows_id_among_the_keys_shows_both_and_asks_for_the_key_column(tmp_pa
 
 
 def test_a_folder_of_configs_refused_points_at_image_table_where_one_holds_images(tmp_path):
-    # (configs named without the split's name; GQA's own names, testdev_balanced_..., are read by the split rules)
+    # (configs named without the split's name; GQA's own names, testdev_balanced_..., in the test below)
     _gqa(tmp_path / "data")
     for config in ("images", "instructions"):
         (tmp_path / "data" / "GQA" / f"testdev_balanced_{config}").rename(tmp_path / "data" / "GQA" / config)
     with pytest.raises(ValueError, match=re.escape("lie in the folders ['images', 'instructions'], as the configs of a "
-                                                   "dataset do") + ".*path = \".*instructions\".*" + re.escape(
-                                                       "; where config 'images' holds the images of another's rows, "
-                                                       "read the rows' config as path and join it by image id: "
-                                                       'image_table = {path = "') + ".*" + re.escape(
-                                                       'images", key = "id"} with columns = {image_id = "..."}')):
+                                                   "dataset do") + ".*" + re.escape(
+                                                       'path = "GQA/instructions"; where config \'images\' holds the '
+                                                       "images of another's rows, read the rows' config as path and "
+                                                       'join it by image id: path = "GQA/instructions", image_table = '
+                                                       '{path = "GQA/images", key = "id"} and columns = {image_id = '
+                                                       '"imageId", ...}')):
         _read(tmp_path, path="GQA", image_table=None, columns=None)
     exs = _read(tmp_path, path="GQA/instructions", image_table={**IMAGES, "path": "GQA/images"}).examples
+    assert [e.image.row for e in exs] == [1, 2, 1, 0]
+
+
+_GQA_FIX = re.escape('path = "GQA/testdev_balanced_instructions", image_table = {path = "GQA/testdev_balanced_images", '
+                     'key = "id"} and columns = {image_id = "imageId", ...}')
+
+
+@pytest.mark.parametrize("split", ["testdev", None])
+@pytest.mark.parametrize("layout", ["shards", "parquet_branch"])
+def test_gqa_hub_folder_names_are_refused_as_configs_pointing_at_image_table(tmp_path, split, layout):
+    """lmms-lab/GQA's own config names hold the split's (``testdev_balanced_images/testdev-00000-of-00001.parquet``;
+    the parquet branch: ``testdev_balanced_images/testdev/0000.parquet``). path = "GQA" with split = "testdev" was
+    told to set split = "testdev_balanced_images" (the folders taken for splits); with no split both configs were read
+    as one table, a raw datasets CastError. Both are refused as configs, naming the join."""
+    _gqa(tmp_path / "data")
+    if layout == "parquet_branch":
+        for config in ("images", "instructions"):
+            folder = tmp_path / "data" / "GQA" / f"testdev_balanced_{config}"
+            (folder / "testdev").mkdir()
+            (folder / "testdev-00000-of-00001.parquet").rename(folder / "testdev" / "0000.parquet")
+    with pytest.raises(ValueError, match=re.escape("the parquet files of split 'testdev' lie in the folders "
+                                                   "['testdev_balanced_images', 'testdev_balanced_instructions'], as "
+                                                   "the configs of a dataset do") + ".*" + _GQA_FIX) as e:
+        _read(tmp_path, path="GQA", split=split, image_table=None, columns=None)
+    assert 'split = "testdev_balanced_images"' not in str(e.value)
+    exs = _read(tmp_path, split=split).examples   # (what the refusal says to set reads the rows with their images)
     assert [e.image.row for e in exs] == [1, 2, 1, 0]
 
 

@@ -142,7 +142,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
         table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None)
     else:
-        table = DatasetTable("parquet", tuple(parquet_files(base, split)), split, cache_dir)
+        table = DatasetTable("parquet", tuple(parquet_files(base, split, path)), split, cache_dir)
     table = dataclasses.replace(table, stamp=files_stamp(table.files()))
     if table.kind != "disk" or table.split is None:
         return table, table.open()

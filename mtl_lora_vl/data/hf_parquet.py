@@ -12,8 +12,10 @@ are ``train_0.parquet`` + ``train_1.parquet`` and the folders ``train0/`` + ``tr
 but a year, joined on or after a separator, names a split, ``val2014.parquet`` beside ``val2017.parquet`` (or
 ``val_2014.parquet`` beside ``val_2017.parquet``) refused as ``val2014/`` beside ``val_2017/``; a folder gives
 the split a file of its name gives, ``train_hard_0/`` and ``train_hard_0.parquet`` both "train_hard"). A
-split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``) is refused, naming them,
-rather than read as one split of mixed rows.
+split whose files lie in several config folders (``en/train-...`` beside ``de/train-...``; GQA's on the hub, whose
+names hold the split's, ``testdev_balanced_images/testdev-00000-of-00001.parquet`` beside
+``testdev_balanced_instructions/...``, or the parquet branch's ``.../testdev/0000.parquet``) is refused, naming them
+(and the ``image_table`` join where one config holds the images), rather than read as one split of mixed rows.
 
 Where a plain file or folder name holds the split's name and a word after it (``train_extra.parquet``,
 ``test_hard/``), ``datasets`` 5.2 (its ``data_files`` patterns: the split's word followed by ``-._``, a space or a
@@ -27,6 +29,7 @@ refusal says so and names the joined split that reads them as ``datasets`` does:
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -91,47 +94,89 @@ def _folder_split(f: Path, base: Path) -> str | None:
 
 
 def _split_of(f: Path, base: Path) -> str | None:
-    """The split a parquet file's folder or name gives, if any: a usual split name of a folder, else a hub shard's
-    own name, else the split the file's name spells holding a usual split name (``test_matched.parquet``:
-    "test_matched", as the folder ``test_matched/`` is; ``train-0.parquet``: "train")."""
-    return (_folder_split(f, base) or _shard_split(f)
-            or next((n for n in (_file_split(f, s) for s in _SPLIT_NAMES) if n is not None), None))
+    """The split a parquet file's folder or name gives, if any: the split a config folder holds (:func:`_in_config`),
+    else a usual split name of a folder, else a hub shard's own name, else the split the file's name spells holding a
+    usual split name (``test_matched.parquet``: "test_matched", as the folder ``test_matched/`` is;
+    ``train-0.parquet``: "train")."""
+    inner = _in_config(f, base)
+    return (inner[0] if inner else None) or (
+        _folder_split(f, base) or _shard_split(f)
+        or next((n for n in (_file_split(f, s) for s in _SPLIT_NAMES) if n is not None), None))
+
+
+def _in_config(f: Path, base: Path) -> tuple[str, int] | None:
+    """Where parquet file ``f`` under ``base`` lies in a config folder whose name holds its split's: a hub shard
+    ``<split>-00000-of-00001.parquet`` or the parquet branch's ``<split>/0000.parquet`` below a folder naming the
+    split in part, as GQA's configs on the hub (``lmms-lab/GQA``) are named: ``testdev_balanced_images/testdev-...``
+    beside ``testdev_balanced_instructions/testdev-...``. Returns (the split, the index of the part naming it whole:
+    the folders before it are the config's); None for another file."""
+    parts = f.relative_to(base).parts
+    named = [(_shard_split(f), len(parts) - 1), *((p, i) for i, p in enumerate(parts[:-1]))]
+    for split, i in named:
+        if split and i > 0 and any(_name_span(p, split) is not None and _folder_name_split(p, split) != split
+                                   for p in parts[:i]):
+            return split, i
+    return None
 
 
 def _config_folder(f: Path, base: Path, split: str) -> tuple[str, ...] | None:
     """The folders of parquet file ``f`` under ``base`` above the part that names ``split``: ``("en",)`` for
-    ``en/train-00000-of-00001.parquet`` or ``en/train/0000.parquet``, ``()`` for ``train/0.parquet``; None where no
-    part names it."""
+    ``en/train-00000-of-00001.parquet`` or ``en/train/0000.parquet``, ``()`` for ``train/0.parquet``,
+    ``("testdev_balanced_images",)`` for GQA's ``testdev_balanced_images/testdev-00000-of-00001.parquet`` (a config
+    folder whose name holds the split's, :func:`_in_config`); None where no part names it."""
+    inner = _in_config(f, base)
     alone = re.compile(rf"(?:^|[-._ 0-9]){re.escape(split)}(?:[-._ 0-9]|$)")
     parts = f.relative_to(base).parts
+    if inner is not None and inner[0] == split:
+        return parts[:inner[1]]
     return next((parts[:i] for i, part in enumerate(parts) if alone.search(part)), None)
 
 
-def _refuse_configs(base: Path, files: list[Path], split: str | None) -> None:
+def _refuse_configs(base: Path, files: list[Path], split: str | None, shown: Path) -> None:
     """Refuse a split (``split``, or each one the files' names give) whose files lie in several folders above the
     split's name: the configs of a dataset as ``datasets`` writes them (``en/train-00000-of-00001.parquet`` beside
-    ``de/train-...``), which read together would mix each config's rows into one split."""
-    by_split: dict[str, set[tuple[str, ...]]] = {}
+    ``de/train-...``; GQA's ``testdev_balanced_images/testdev-...`` beside ``testdev_balanced_instructions/...``),
+    which read together would mix each config's rows into one split. ``shown``: ``base`` as the spec names it."""
+    by_split: dict[str, dict[tuple[str, ...], Path]] = {}   # split -> config folder -> its first file
     for f in files:
         name = split if split is not None else _split_of(f, base)
         folder = None if name is None else _config_folder(f, base, name)
         if folder is not None:
-            by_split.setdefault(name, set()).add(folder)
+            by_split.setdefault(name, {}).setdefault(folder, f)
     for name, found in sorted(by_split.items()):
         if len(found) > 1:
             folders = sorted(found)
-            shown = [str(Path(*c)) if c else "." for c in folders]
+            listed = [str(Path(*c)) if c else "." for c in folders]
             # GQA on the hub: one config holds the images (..._images: id, image) of the other's rows (imageId)
             images = next((c for c in folders if c and "image" in c[-1].lower()), None)
-            first = next((c for c in folders if c and c != images), folders[0])   # (the rows', where one is images)
+            rows = [c for c in folders if c and c != images] or folders   # (the rows', where one is images)
+            first = max(rows, key=lambda c: len(os.path.commonprefix([str(Path(*c)), str(Path(*images or c))])))
             join = "" if images is None else (
                 f"; where config {str(Path(*images))!r} holds the images of another's rows, read the rows' config as "
-                f"path and join it by image id: image_table = {{path = \"{base / Path(*images)}\", key = \"id\"}} "
-                "with columns = {image_id = \"...\"}, key its column of the ids the rows' image_id gives")
-            raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {shown}, as "
+                f"path and join it by image id: path = \"{shown / Path(*first)}\", image_table = {{path = "
+                f"\"{shown / Path(*images)}\", {_join_columns(found[images], found[first])} (key: the image table's "
+                "column of the ids that the rows' image_id column holds)")
+            under = "" if not shown.is_absolute() else " (or that folder under the data root)"
+            raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {listed}, as "
                              "the configs of a dataset do (each config's files in a folder of its own: read together, "
                              "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
-                             f"path = \"{base / Path(*first)}\" (or that folder under the data root){join}")
+                             f"path = \"{shown / Path(*first)}\"{under}{join}")
+
+
+def _join_columns(images: Path, rows: Path) -> str:
+    """``key = "id"} and columns = {image_id = "imageId", ...}`` for a refusal's ``image_table`` hint: the columns of
+    the image table's parquet file ``images`` and the rows' file ``rows`` that look like the key and the image id
+    (``"..."`` where none does, or a file's schema cannot be read)."""
+    try:
+        import pyarrow.parquet as pq
+
+        keys, ids = pq.read_schema(images).names, pq.read_schema(rows).names
+    except (ImportError, OSError, ValueError):   # (pyarrow's ArrowInvalid is a ValueError: the hint stays generic,
+        #   and reading the files says what is wrong)
+        keys, ids = [], []
+    key = "id" if "id" in keys else next((c for c in keys if "id" in c.lower()), "...")
+    image_id = next((c for c in ids if re.fullmatch(r"image_?id", c, re.IGNORECASE)), "...")
+    return f'key = "{key}"}} and columns = {{image_id = "{image_id}", ...}}'
 
 
 #: Words after a split's name in a file's name that name no split of their own (``train_data.parquet``,
@@ -288,13 +333,14 @@ def _other_format(base: Path) -> str:
     return how.format(file=base, saved=f', e.g. path = "{saved}"' if saved else "")
 
 
-def parquet_files(base: Path, split: str | None) -> list[str]:
+def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None = None) -> list[str]:
     """The parquet files under ``base`` (a file, or a folder of them) that hold split ``split`` (None: every file, one
     split), as ``datasets`` reads a split from file and folder names; refused, saying what to set, where the split
     selects nothing, would mix several splits or configs, or ``base`` holds no parquet file. A split joined with
     ``+`` (``train+train_extra``, as ``datasets``' ``load_dataset(split=...)`` joins splits) is each part's files, in
-    order, each file once."""
+    order, each file once. ``shown``: ``base`` as the spec names it (a refusal's hints name paths so)."""
     parts = _joined_parts(base, split)
+    shown = base if shown is None else Path(shown)
     if base.is_file():
         with open(base, "rb") as f:   # (read as parquet: pyarrow's bare "Parquet magic bytes not found")
             magic = f.read(4)
@@ -325,7 +371,7 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
         raise FileNotFoundError(f"{base} is neither a save_to_disk folder (no dataset_dict.json or state.json) "
                                 f"nor a folder of .parquet files{inside or held}")
     if split is None:
-        _refuse_configs(base, files, None)
+        _refuse_configs(base, files, None, shown)
         named = {f: s for f, s in ((f, _split_of(f, base)) for f in files) if s is not None}
         found = sorted(set(named.values()))
         if len(found) > 1:
@@ -337,7 +383,7 @@ def parquet_files(base: Path, split: str | None) -> list[str]:
     left: dict[str, dict[Path, str]] = {}   # part -> the files it left out, each with its longer split
     for part in parts:
         try:
-            mine, left[part] = _split_files(base, files, part)
+            mine, left[part] = _split_files(base, files, part, shown)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}{_plus_named(base, files, split, parts)}") from None
         chosen += [f for f in mine if f not in chosen]
@@ -376,7 +422,7 @@ def _plus_named(base: Path, files: list[Path], split: str, parts: list[str | Non
             "with no split")
 
 
-def _split_files(base: Path, files: list[Path], split: str) -> tuple[list[Path], dict[Path, str]]:
+def _split_files(base: Path, files: list[Path], split: str, shown: Path) -> tuple[list[Path], dict[Path, str]]:
     """The parquet ``files`` under ``base`` of split ``split`` (:func:`parquet_files`), and those it leaves out, each
     named for a longer split (``test_hard.parquet`` beside ``test.parquet``)."""
     mine = [f for f in files if _in_split(f, base, split)]
@@ -391,13 +437,16 @@ def _split_files(base: Path, files: list[Path], split: str) -> tuple[list[Path],
         raise ValueError(f"hf_datasets {base}: split {split!r} names no split of its own here, and the parquet files "
                          f"it matches are the shards of the splits {shards} (named '<split>-00000-of-000NN'); set "
                          "split to one of them")
+    # configs whose folders' names hold the split's (GQA's testdev_balanced_images/testdev-00000-of-00001.parquet
+    # beside testdev_balanced_instructions/...): refused as configs, not as splits named by the folders
+    _refuse_configs(base, [f for f in mine if (_in_config(f, base) or ("",))[0] == split], split, shown)
     mine, left = _longer_names(base, mine, [f for f in by_name if f in mine], split)
     if not mine:
-        shown = ", ".join(str(f.relative_to(base)) for f in files[:6])
+        listed = ", ".join(str(f.relative_to(base)) for f in files[:6])
         raise FileNotFoundError(f"{base}: no parquet file of split {split!r} (named '{split}-*.parquet', "
-                                f"'*_{split}.parquet' or under '{split}/'); found {shown}"
+                                f"'*_{split}.parquet' or under '{split}/'); found {listed}"
                                 f"{' ...' if len(files) > 6 else ''}")
-    _refuse_configs(base, mine, split)
+    _refuse_configs(base, mine, split, shown)
     return mine, left
 
 
