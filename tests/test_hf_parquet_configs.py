@@ -468,3 +468,24 @@ def test_a_folder_gives_the_split_a_file_of_its_name_gives(tmp_path, caplog):
         with pytest.raises(ValueError, match=r"\['train_hard_2014', 'train_hard_2017'\]"):
             read_split("hf_datasets", root, path=folder.name, split="train", cache_dir=cache)
 
+
+def test_shards_of_different_columns_are_refused_naming_the_files_and_columns_not_a_raw_cast_error(tmp_path):
+    """Parquet files read together as one table whose columns differ (two tables in one folder, named as shards of
+    one split) raised datasets' bare DatasetGenerationError ("An error occurred while generating the dataset", its
+    CastError only in the chain); refused naming the two files and the columns each has alone, or the types."""
+    root, cache = tmp_path / "root", str(tmp_path / "cache")
+    _write(root / "mixed" / "train-00000-of-00002.parquet", "en")
+    datasets.Dataset.from_dict({"image": [Image.new("RGB", (9, 9))], "text": ["a picture"]}).to_parquet(
+        str(root / "mixed" / "train-00001-of-00002.parquet"))
+    for split in ("train", None):
+        with pytest.raises(ValueError, match=r"the parquet files read as one table have different columns \(2 kinds "
+                                             r"among 2 files\): .*train-00000-of-00002.parquet has columns \['image', "
+                                             r"'caption'\], .*train-00001-of-00002.parquet has \['image', 'text'\] "
+                                             r"\(only train-00000-of-00002.parquet has \['caption'\]; only "
+                                             r"train-00001-of-00002.parquet has \['text'\]\)"):
+            read_split("hf_datasets", root, path="mixed", split=split, cache_dir=cache)
+    datasets.Dataset.from_dict({"image": [Image.new("RGB", (9, 9))], "caption": [["a", "b"]]}).to_parquet(
+        str(root / "mixed" / "train-00001-of-00002.parquet"))
+    with pytest.raises(ValueError, match=r"have different columns .*their types differ: 'caption' \(string / "
+                                         r"list<element: string>\)"):
+        read_split("hf_datasets", root, path="mixed", split="train", cache_dir=cache)

@@ -20,7 +20,8 @@ from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "byte_lengths", "byte_tails", "check_path_parts", "class_label_names",
            "files_stamp", "image_cells", "image_kind", "is_image_feature", "list_element", "load_datasets",
-           "load_saved", "path_cells", "quiet_progress", "refuse_list_column", "refuse_unlabelled", "truth_names"]
+           "load_saved", "path_cells", "quiet_progress", "refuse_list_column", "refuse_mixed_columns",
+           "refuse_unlabelled", "truth_names"]
 
 _LIST_TYPES = ("Sequence", "List", "LargeList")
 
@@ -151,8 +152,14 @@ class DatasetTable:
         datasets = load_datasets()
         self.check(self.files())   # (a worker would read other rows at those numbers)
         if self.kind == "parquet":
-            with quiet_progress():
-                return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
+            from datasets.exceptions import DatasetsError
+
+            try:
+                with quiet_progress():
+                    return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
+            except (DatasetsError, ValueError) as e:   # (datasets' CastError, bare or in a DatasetGenerationError)
+                refuse_mixed_columns(list(self.location), e)
+                raise
         folder = self._split_folder()
         if folder != Path(self.location[0]):
             return load_saved(folder, f"{self.location[0]}: split {self.split!r}")
@@ -209,6 +216,40 @@ class DatasetTable:
     def __str__(self) -> str:
         where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
         return f"{where} [{self.split}]" if self.split else where
+
+
+def refuse_mixed_columns(files: list[str], error: BaseException) -> None:
+    """Refuse parquet ``files`` read together as one table where ``error`` (what reading them raised) is ``datasets``'
+    (its CastError, or a DatasetGenerationError around a CastError or a failed cast of a column's type) and their
+    columns differ: name two files whose columns differ, and how, rather than the bare error (configs or different
+    tables in one folder, e.g. GQA's images beside its questions). Returns where the columns do not differ."""
+    import pyarrow.parquet as pq
+    from datasets.exceptions import DatasetsError
+    from datasets.table import CastError
+
+    if not isinstance(error, (DatasetsError, CastError)) or len(files) < 2:
+        return
+    try:
+        cols = {f: {n.name: str(n.type) for n in pq.read_schema(f)} for f in files}
+    except (OSError, ValueError):   # (a footer unreadable: the error raised names it)
+        return
+    groups: dict[str, list[str]] = {}
+    for f in files:
+        groups.setdefault(repr(sorted(cols[f].items())), []).append(f)
+    if len(groups) < 2:
+        return
+    (a, *_), (b, *_) = list(groups.values())[:2]
+    only_a, only_b = [c for c in cols[a] if c not in cols[b]], [c for c in cols[b] if c not in cols[a]]
+    typed = [f"{c!r} ({cols[a][c]} / {cols[b][c]})" for c in cols[a] if c in cols[b] and cols[a][c] != cols[b][c]]
+    how = "; ".join([*([f"only {Path(a).name} has {only_a}"] if only_a else []),
+                     *([f"only {Path(b).name} has {only_b}"] if only_b else []),
+                     *([f"their types differ: {', '.join(typed)}"] if typed else [])])
+    raise DataFormatError(f"hf_datasets: the parquet files read as one table have different columns ({len(groups)} "
+                          f"kinds among {len(files)} files): {a} has columns {list(cols[a])}, {b} has "
+                          f"{list(cols[b])} ({how}); they are no shards of one table (configs of a dataset, or other "
+                          "tables, in one folder): give one table's folder or file as path (or a split whose files "
+                          "are one table's); where one holds the images of the other's rows, join them with "
+                          "image_table = {path = ..., key = ...}") from error
 
 
 @dataclass(frozen=True)
