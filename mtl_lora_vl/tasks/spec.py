@@ -369,11 +369,12 @@ def _parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
     for split in ("val", "test"):
-        if split in splits and "train" in splits \
-                and _rows_chosen(options, splits[split]) == _rows_chosen(options, splits["train"]):
-            logger.warning("%s: [data.%s] reads the same rows as [data.train] (the same files and split names), "
-                           "so the %s scores are training scores; give it a file, folder or split name of its own",
-                           path, split, split)
+        both = _shared_parts(options, splits[split], splits["train"]) if {split, "train"} <= set(splits) else None
+        if both is not None:
+            logger.warning("%s: [data.%s] reads %s, so the %s scores are training scores; give it a file, folder or "
+                           "split name of its own", path, split, "the same rows as [data.train] (the same files and "
+                           "split names)" if not both else f"rows that [data.train] reads too (the same files; the "
+                           f"split(s) {both}, joined with '+' in one of them)", split)
     for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
         try:
             check_reader_options(fmt, {**options, **opts})
@@ -395,6 +396,16 @@ def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any
     merged = {**shared, **split}
     return {k: os.path.normpath(v) if isinstance(v, str) and k != "split" else v
             for k, v in merged.items() if k not in _NOT_ROW_CHOICE}
+
+
+def _shared_parts(shared: dict[str, Any], one: dict[str, Any], train: dict[str, Any]) -> list[str] | None:
+    """Whether split table ``one`` reads rows ``train`` reads (``shared``: the [data] table's options): ``[]`` where
+    they choose the same rows; the splits both name where their ``split`` options join splits with ``+`` (as
+    ``datasets`` does: ``train+test`` beside ``test``) and share some; else None."""
+    mine, theirs = _rows_chosen(shared, one), _rows_chosen(shared, train)
+    a, b = ([p.strip() for p in str(d.pop("split", "")).split("+")] for d in (mine, theirs))
+    both = [p for p in a if p in b]
+    return None if mine != theirs or not both else [] if set(a) == set(b) else both
 
 
 def _parse(path: Path, need_train: bool = True) -> TaskSpec:
