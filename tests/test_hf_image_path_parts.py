@@ -70,6 +70,17 @@ def test_a_blank_folder_part_is_left_out_and_a_blank_file_name_is_refused_with_i
                    cache_dir=str(tmp_path / "cache"))
 
 
+def test_one_image_spelled_with_doubled_separators_is_one_path_and_one_image_id(tmp_path):
+    """``val2014/`` + ``a.png`` was joined as ``val2014//a.png``, another default image id than ``val2014`` +
+    ``a.png``'s: one image, two ids in rows read one by one (questions; captions are grouped by the image)."""
+    _karpathy(tmp_path / "data", ["val2014", "val2014/", "./val2014//"], [NAMES[0], NAMES[0], "/" + NAMES[0]],
+              question=["what?", "where?", "who?"], answers=[["a"], ["b"], ["c"]])
+    columns = {"image": ["filepath", "filename"], "question": "question", "answers": "answers"}
+    split = _read(tmp_path, columns)
+    assert [e.image_id for e in split.examples] == ["val2014/" + NAMES[0]] * 3   # was: val2014//..., ./val2014////...
+    assert len({e.image for e in split.examples}) == 1
+
+
 def test_a_joined_path_that_leaves_the_data_root_is_refused_naming_the_row(tmp_path):
     _karpathy(tmp_path / "data", ["val2014", "../..", "val2014"], NAMES)
     with pytest.raises(PathEscapeError, match="row 1: "):

@@ -374,8 +374,16 @@ def path_cells(ds: Any, parts: list[str], source: str) -> list[tuple[bool, str |
         if values[-1] is None or not values[-1].strip():
             raise DataFormatError(f"{source} row {i}: no file name in column {parts[-1]!r} (image = {parts} joins "
                                   f"the path from those columns, the file name last); fix or remove the row")
-        out.append((False, "/".join(v for v in values if v is not None and v.strip())))
+        out.append((False, _joined_path(v for v in values if v is not None and v.strip())))
     return out
+
+
+def _joined_path(parts: Iterable[str]) -> str:
+    """``parts`` joined with "/", doubled separators and ``.`` folders left out (``val2014/`` + ``a.png`` and
+    ``val2014//a.png``: ``val2014/a.png``), so one image spelled two ways is one path, one default image id; nothing
+    is resolved (``..`` and a leading "/" stay, for the reader to refuse; no symlink is followed)."""
+    text = "/".join(parts)
+    return ("/" if text.startswith("/") else "") + "/".join(p for p in text.split("/") if p not in ("", "."))
 
 
 def byte_lengths(column: Any, kind: str) -> list[int | None]:
