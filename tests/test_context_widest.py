@@ -34,8 +34,8 @@ def test_a_task_s_context_line_is_of_its_widest_call(caplog):
             assert _said(caplog) == []   # (said when the task's evaluation ends)
     said = _said(caplog)
     assert len(said) == 2, said
-    assert said[0].startswith("sequence_scores: prompts of up to 187 tokens and candidates of up to 3 tokens")
-    assert said[1].startswith("generate: prompts of up to 187 tokens plus 5 new ones")
+    assert said[0].startswith("task 't': sequence_scores: prompts of up to 187 tokens and candidates of up to 3 tokens")
+    assert said[1].startswith("task 't': generate: prompts of up to 187 tokens plus 5 new ones")
     assert all(s.endswith("(said once for this task, of its widest call)") for s in said)
 
     caplog.clear()   # the task's next evaluation (adapted after zero-shot): nothing new unless wider
@@ -56,6 +56,20 @@ def test_a_task_s_context_line_is_of_its_widest_call(caplog):
                                                              "generate: prompts of up to 110"]
 
 
+def test_each_tasks_context_line_names_its_task(caplog):
+    """A run's tasks' lines are said as each task's evaluation ends: at the end of a tiny Idefics3 run on vqa and
+    captioning two lines read 'generate: prompts of up to 123 tokens plus 8 new ones ... (said once for this task, of
+    its widest call)' and '... 111 tokens plus 20 new ones ...', neither saying which task was 'this task'. Each names
+    it."""
+    bb = SimpleNamespace(lm_context=100)
+    with caplog.at_level(logging.WARNING):
+        for name, width in (("vqa", 123), ("captioning", 111)):
+            with once_per_task(bb, SimpleNamespace(name=name)):
+                warn_past_context(bb, width, 8, "generate")
+    said = _said(caplog)
+    assert [s.split(": generate: ")[0] for s in said] == ["task 'vqa'", "task 'captioning'"], said
+
+
 def test_a_rank_says_its_own_calls_past_the_context(caplog, monkeypatch):
     """Under torchrun a task's evaluation is sharded and only rank 0 speaks (``main_rank_logging``): the context line
     was rank 0's alone, so rows past the context in rank 1's shard were never told (and rank 0's widest call was
@@ -69,7 +83,7 @@ def test_a_rank_says_its_own_calls_past_the_context(caplog, monkeypatch):
         warn_past_context(bb, 120, 5, "generate")   # (outside a task's evaluation: as it comes)
     said = _said(caplog)
     assert len(said) == 2, said
-    assert said[0].startswith("rank 1: sequence_scores: prompts of up to 187 tokens")
+    assert said[0].startswith("rank 1: task 't': sequence_scores: prompts of up to 187 tokens")
     assert said[1].startswith("rank 1: generate: prompts of up to 120 tokens")
 
 

@@ -26,9 +26,11 @@ _SAID = "_context_said"
 
 @dataclass
 class _Scope:
-    """An open :func:`once_per_task` scope: the widths already said for its task, and the widest call of each warning
-    seen in it, ``{what: (width, message, args)}``, said when it closes."""
+    """An open :func:`once_per_task` scope: its task's name (None: a task without one), the widths already said for
+    that task, and the widest call of each warning seen in it, ``{what: (width, message, args)}``, said when it closes,
+    naming the task (two tasks' lines, said at the end of a training run, read alike without it)."""
 
+    task: str | None
     said: dict[str, int]
     widest: dict[str, tuple[int, str, tuple[Any, ...]]] = field(default_factory=dict)
 
@@ -37,20 +39,23 @@ class _Scope:
         for what, (width, message, args) in self.widest.items():
             if width > self.said.get(what, 0):
                 self.said[what] = width
+                if self.task is not None:
+                    message, args = "task %r: " + message, (self.task, *args)
                 rank_warning(logger, message + " (said once for this task, of its widest call)", *args)
 
 
 @contextmanager
 def once_per_task(backbone: Any, task: Any) -> Iterator[None]:
     """Within: each of ``backbone``'s context warnings said once for ``task`` (a task kind), when the scope closes, of
-    the widest call; what was said is kept on the task, so its next evaluation (adapted after zero-shot, each
-    validation) says nothing again unless a call is wider."""
+    the widest call, naming the task; what was said is kept on the task, so its next evaluation (adapted after
+    zero-shot, each validation) says nothing again unless a call is wider."""
     state, kept = getattr(backbone, "__dict__", None), getattr(task, "__dict__", None)
     if state is None or kept is None:
         yield
         return
     before = state.get(_SAID)
-    scope = state[_SAID] = _Scope(kept.setdefault(_SAID, {}))
+    name = getattr(task, "name", None)
+    scope = state[_SAID] = _Scope(name if isinstance(name, str) else None, kept.setdefault(_SAID, {}))
     try:
         yield
     finally:
