@@ -266,3 +266,18 @@ def test_a_merged_export_of_a_square_adapter_is_warned_in_each_familys_words(tmp
             cls.fit_processor_files(tmp_path, reading="native")
             cls.fit_processor_files(tmp_path, max_pixels=1024)
         assert not caplog.messages, cls.__name__
+
+
+def test_a_merged_export_of_a_square_adapter_names_the_export_not_its_temporary_folder(next_folder, tmp_path, caplog):
+    """save_merged of a square-read LLaVA-NeXT adapter warned naming ``OUT/.merged.XXXX.tmp``, the folder the export
+    is written in before it is renamed to OUT (helper 506's walk): a folder that no longer exists when read."""
+    from transformers import LlavaNextForConditionalGeneration
+
+    sq = _square_adapter(next_folder, tmp_path / "sq")
+    model = mlv.load_adapter(LlavaNextForConditionalGeneration.from_pretrained(str(next_folder)), sq)
+    out = tmp_path / "merged"
+    with caplog.at_level("WARNING"):
+        mlv.save_merged(model, "a", out, source_dir=next_folder)
+    said = [m for m in caplog.messages if "the adapter's images were" in m]
+    assert said and all(m.startswith(f"{out}: ") for m in said), said
+    assert not any(".tmp" in m for m in said), said

@@ -61,7 +61,7 @@ class Gemma3Backbone(HFVLMBackbone):
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
-                            min_pixels: int | None = None) -> None:
+                            min_pixels: int | None = None, shown_as: Path | None = None) -> None:
         """``do_pan_and_scan`` off, as the backbone reads images (each whole, one view): a saved True does not take
         effect in transformers 5.25 (only a call's own argument does), but a release that honoured it would give a
         merged model's wide pictures crops its task never trained on."""

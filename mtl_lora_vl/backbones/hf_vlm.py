@@ -180,10 +180,11 @@ class HFVLMBackbone(GenerationIds, Backbone):
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
-                            min_pixels: int | None = None) -> None:
+                            min_pixels: int | None = None, shown_as: Path | None = None) -> None:
         """Edit the processor files in ``folder`` (a merged export's copies of the source's) so that the processor
         reads images as this backbone did (``max_pixels``: a native-resolution run's area cap, ``min_pixels`` with it
-        where the exact area read is known; ``reading``: how it read them)."""
+        where the exact area read is known; ``reading``: how it read them; ``shown_as``: the folder a message names,
+        where ``folder`` is a temporary one that becomes it)."""
 
     @classmethod
     def _prefix(cls, tokenizer: Any) -> tuple[int, ...]:

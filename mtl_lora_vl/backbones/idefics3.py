@@ -81,7 +81,7 @@ class Idefics3Backbone(NativeImageReading, HFVLMBackbone):
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
-                            min_pixels: int | None = None) -> None:
+                            min_pixels: int | None = None, shown_as: Path | None = None) -> None:
         """A merged export's processor reads images as the adapter's were (``reading``): unsplit ("square",
         ``native_aspect(False)``: ``do_image_splitting`` off) or split ("native": on, whatever the source's files
         said); as the source's files say otherwise."""

@@ -40,13 +40,14 @@ class NativeImageReading:
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
-                            min_pixels: int | None = None) -> None:
+                            min_pixels: int | None = None, shown_as: Path | None = None) -> None:
         """No processor of the family reads pictures on one square: a merged export of an adapter trained so
         (``native_aspect(False)``) is warned about (its processor reads pictures at their own aspect)."""
         if reading == "square":
             logger.warning("%s: the adapter's images were %s, which no %s processor does: used with its processor, "
-                           "the merged model reads pictures at their own aspect, not as its task was trained", folder,
-                           cls.square_words, cls.processor_words or cls.__name__.removesuffix("Backbone"))
+                           "the merged model reads pictures at their own aspect, not as its task was trained",
+                           shown_as or folder, cls.square_words,
+                           cls.processor_words or cls.__name__.removesuffix("Backbone"))
 
     @property
     def needs_image_sizes(self) -> bool:

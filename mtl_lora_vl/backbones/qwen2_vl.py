@@ -170,7 +170,7 @@ class Qwen2VLBackbone(HFVLMBackbone):
 
     @classmethod
     def fit_processor_files(cls, folder: Path, max_pixels: int | None = None, reading: str | None = None,
-                            min_pixels: int | None = None) -> None:
+                            min_pixels: int | None = None, shown_as: Path | None = None) -> None:
         """The processor reads within the area the adapter's images were read within: with ``min_pixels`` (a
         record's ``(min_pixels, max_pixels)``), exactly those, whatever the source processor allowed; without (an
         area asked for, ``image_max_pixels``) its ``max_pixels`` capped as the loader caps it (:func:`pixel_bounds`):

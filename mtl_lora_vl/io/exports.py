@@ -468,7 +468,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             if fit is not None:   # the processor reads images as the package's backbone trained them
                 asked = (None, image_max_pixels) if image_max_pixels else None   # (the area asked: capped as then)
                 low, high = asked or record.bounds or (None, _area_read(record))
-                fit(tmp, high, record.reading, min_pixels=low)
+                fit(tmp, high, record.reading, min_pixels=low, shown_as=Path(out))
     return out
 
 
