@@ -99,11 +99,14 @@ def _revisions(hub, name, revisions):
         (repo / "refs" / ref).write_text(commit)
 
 
-def _loaded(hub, name, revision):
-    """``from_pretrained(name, revision=)`` as a user calls it (offline, from ``hub``), attached."""
+def _loaded(hub, name, revision, commit=None):
+    """``from_pretrained(name, revision=)`` as a user calls it (offline, from ``hub``), attached, its config recording
+    ``commit`` as ``_commit_hash``: None as transformers 5.18 and later record, the snapshot's commit as 5.10.2 to
+    5.17 record (set here either way, so both are tested whichever is installed)."""
     from transformers import CLIPModel
 
     clip = CLIPModel.from_pretrained(name, revision=revision, cache_dir=str(hub), local_files_only=True).eval()
+    clip.config._commit_hash = commit
     return mlv.attach(clip, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2))
 
 
@@ -115,13 +118,29 @@ def test_a_hub_id_model_of_several_cached_revisions_and_no_main_is_refused_namin
     hub = tmp_path / "hub"
     _revisions(hub, "org/tiny-clip", {"v2": "2" * 40, "v1": "1" * 40})
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    model = _loaded(hub, "org/tiny-clip", "v1")
-    assert getattr(model.config, "_commit_hash", None) is None   # what makes the revision unknowable
+    model = _loaded(hub, "org/tiny-clip", "v1")   # (no _commit_hash: what makes the revision unknowable)
     with pytest.raises(ValueError, match=r"save_merged: .*merged: the model was loaded from the hub id 'org/tiny-clip' "
                                          r"and records no revision .* holds 2 snapshots of it and no 'main'.*1{40} "
                                          r"\(v1\); .*2{40} \(v2\)\. .*pass source_dir= the snapshot of the revision"):
         mlv.save_merged(model, "a", tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
+
+
+def test_a_hub_id_model_recording_its_commit_takes_that_snapshots_files_of_several_without_a_warning(tmp_path,
+                                                                                                     monkeypatch):
+    """transformers 5.10.2 to 5.17 record the commit a model was loaded at (config._commit_hash), which the tests of
+    several revisions above drop (5.18 and later record none): that revision's files are taken, of several revisions
+    and no 'main' or beside 'main', without a warning."""
+    hub = tmp_path / "hub"
+    _revisions(hub, "org/tiny-clip", {"v2": "2" * 40, "v1": "1" * 40})
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = mlv.save_merged(_loaded(hub, "org/tiny-clip", "v1", commit="1" * 40), "a", tmp_path / "merged")
+        assert json.loads((out / "tokenizer.json").read_text()) == {"ref": "v1"}
+        (hub / "models--org--tiny-clip" / "refs" / "main").write_text("2" * 40)
+        out = mlv.save_merged(_loaded(hub, "org/tiny-clip", "v1", commit="1" * 40), "a", tmp_path / "merged2")
+        assert json.loads((out / "tokenizer.json").read_text()) == {"ref": "v1"}
 
 
 def test_a_hub_id_model_of_several_cached_revisions_takes_mains_files_and_warns(tmp_path, monkeypatch):
