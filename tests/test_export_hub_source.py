@@ -61,8 +61,11 @@ def test_a_hub_id_not_in_the_local_hub_cache_is_refused_naming_source_dir(tmp_pa
         (tmp_path / "hub" / "models--org--tiny-clip" / "refs" / "main").write_text("f" * 40)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    where = (r"whose files are not in the local hub cache" if cached == "nothing" else
+             rf"loaded at the commit {COMMIT} \(its config's _commit_hash\), of which the local hub cache "
+             rf"\({tmp_path / 'hub'}\) holds no snapshot, only others: f{{40}} \(main\) .*cache_dir=DIR")
     with pytest.raises(ValueError, match=r"save_merged: .*merged: the model was loaded from 'org/tiny-clip', a hub id "
-                                         r"whose files are not in the local hub cache .*pass source_dir= a folder"):
+                                         rf"{where}.*pass source_dir= a folder"):
         mlv.save_merged(_hub_model("org/tiny-clip"), "a", tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
     src = tmp_path / "src"

@@ -102,6 +102,29 @@ def test_a_model_loaded_from_another_cache_dir_is_warned_of_naming_source_dir(tm
     assert json.loads((out / "tokenizer.json").read_text()) == {"cache": "mine"}
 
 
+def test_a_model_recording_a_commit_the_hub_cache_lacks_is_refused_naming_it_and_the_cached_ones(tmp_path,
+                                                                                                  monkeypatch):
+    """transformers 5.10.2 to 5.17 record the commit a model was loaded at (config._commit_hash): loaded from another
+    cache_dir, it is not in the default cache, which holds another commit of the id. That was refused as 'a hub id
+    whose files are not in the local hub cache', which holds them at another revision; the refusal names the commit,
+    the cache's snapshots and cache_dir."""
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "default"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "default"))
+    _cache_holding(tmp_path / "default", "org/tiny-clip", seed=0)
+    _cache_holding(tmp_path / "mine", "org/tiny-clip", seed=1, commit="2" * 40)
+    model = CLIPModel.from_pretrained("org/tiny-clip", cache_dir=str(tmp_path / "mine"), local_files_only=True)
+    model.config._commit_hash = "2" * 40   # (as 5.10.2 to 5.17 set it; 5.18 and later record none)
+    with pytest.raises(ValueError, match=r"loaded from 'org/tiny-clip', a hub id loaded at the commit 2{40} \(its "
+                                         r"config's _commit_hash\), of which the local hub cache \(.*default\) "
+                                         r"holds no snapshot, only others: 1{40} \(main\) \(the model was loaded "
+                                         r"from another cache, from_pretrained\(\.\.\., cache_dir=DIR\).*"
+                                         r"pass source_dir="):
+        mlv.save_merged(_attached(model), "a", tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
 def test_a_hub_id_not_cached_names_each_cache_looked_in_and_cache_dir(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "read"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "env"))

@@ -53,6 +53,8 @@ def source_folder(model: nn.Module, out: str | Path) -> Path | None:
         return snapshot
     if snapshot is not None:   # (from_pretrained of the model alone downloads no processor file)
         where = f"a hub id whose snapshot in the local hub cache ({snapshot}) holds only the model's config and weights"
+    elif is_hub_id(name) and (others := _other_revisions(model, name, caches)):
+        where = others
     elif is_hub_id(name):
         where = f"a hub id whose files are not in the local hub cache ({' or '.join(map(str, caches))})"
     else:
@@ -69,13 +71,28 @@ _SOURCE_ADVICE = ("pass source_dir= the snapshot of the revision the model was l
                   "local_files_only=True)")
 
 
+def _other_revisions(model: nn.Module, name: str, caches: list[Path]) -> str | None:
+    """Where ``model`` records the commit it was loaded at (``config._commit_hash``: transformers 5.10.2 to 5.17 and 4
+    set it) and the first of ``caches`` holding snapshots of hub id ``name`` holds none of that commit: what to say of
+    it (the commit, that cache and its snapshots with their refs), else None."""
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    cache = next((c for c in caches if cached_hub_snapshots(name, c)), None) if commit else None
+    if cache is None:
+        return None
+    listed = "; ".join(f"{s.name}" + (f" ({', '.join(refs)})" if refs else "")
+                       for s, refs in cached_hub_snapshots(name, cache).items())
+    return (f"a hub id loaded at the commit {commit} (its config's _commit_hash), of which the local hub cache "
+            f"({cache}) holds no snapshot, only others: {listed} (the model was loaded from another cache, "
+            "from_pretrained(..., cache_dir=DIR), or that revision was removed since)")
+
+
 def _loaded_snapshot(model: nn.Module, name: str, out: str | Path, caches: list[Path]) -> Path | None:
     """The snapshot of hub id ``name`` in the first of the local hub ``caches`` that holds one, which ``model`` was
-    loaded from: the commit its config records (``_commit_hash``, which transformers 4 set; 5 records none), else the
-    one snapshot of ``name`` there, else ``main``'s, what ``from_pretrained(name)`` loads (warned, naming the others:
-    an old revision stays cached after the hub's moves on, and a model loaded at another is told to give
-    ``source_dir``). Several and no ``main`` are refused, naming each: which one the model was loaded at is not
-    known. None when none is there."""
+    loaded from: the commit its config records (``_commit_hash``, which transformers 4 and 5.10.2 to 5.17 set; 5.18
+    and later record none), else the one snapshot of ``name`` there, else ``main``'s, what ``from_pretrained(name)``
+    loads (warned, naming the others: an old revision stays cached after the hub's moves on, and a model loaded at
+    another is told to give ``source_dir``). Several and no ``main`` are refused, naming each: which one the model
+    was loaded at is not known. None when none is there."""
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit:   # (that revision only: another's processor may differ)
         return next((s for s in (cached_hub_snapshot(name, commit, c) for c in caches) if s is not None), None)
