@@ -34,6 +34,18 @@ def test_the_hub_cache_from_the_environment_expands_variables_as_huggingface_hub
     assert hf_hub_cache() == Path("~/hub").expanduser()
 
 
+@pytest.mark.parametrize(("key", "expected"), [("HF_HUB_CACHE", ""), ("HUGGINGFACE_HUB_CACHE", ""),
+                                               ("HF_HOME", "hub"), ("XDG_CACHE_HOME", "huggingface/hub")])
+def test_a_hub_cache_variable_set_empty_is_the_folder_huggingface_hub_makes_of_it(monkeypatch, key, expected):
+    """huggingface_hub.constants reads os.getenv(NAME, default): a variable set empty (HF_HOME= in an env file) is
+    set, and it downloads to ./hub (huggingface_hub 1.5.0 and 2.5.0 alike); this package took it as unset and looked
+    for cached hub ids in ~/.cache/huggingface/hub."""
+    for other in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(other, raising=False)
+    monkeypatch.setenv(key, "")
+    assert hf_hub_cache() == Path(expected)
+
+
 def _cache_holding(hub, name, seed, ref="main", commit="1" * 40):
     """Hub cache ``hub`` holding model ``name`` (a tiny CLIP of weights drawn with ``seed``) at ``ref``, its
     tokenizer.json naming the cache."""

@@ -33,14 +33,15 @@ _OPEN_CLIP_SAFE = "open_clip_model.safetensors"  # open_clip's HF_SAFE_WEIGHTS_N
 
 def hf_hub_cache() -> Path:
     """The Hugging Face hub cache folder, resolved from the environment as ``huggingface_hub`` does (``~`` and
-    ``$VAR`` in it expanded: ``HF_HOME='$SCRATCH/hf'`` from an env file that no shell expanded)."""
+    ``$VAR`` in it expanded: ``HF_HOME='$SCRATCH/hf'`` from an env file that no shell expanded; a variable set empty
+    counts as set, as its ``os.getenv(NAME, default)`` reads it: ``HF_HOME=`` is ``./hub``, where it downloads)."""
     env = os.environ
     for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if env.get(key):
+        if key in env:
             return _expanded(env[key])
-    if env.get("HF_HOME"):
+    if "HF_HOME" in env:
         return _expanded(env["HF_HOME"]) / "hub"
-    base = _expanded(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path("~/.cache").expanduser()
+    base = _expanded(env["XDG_CACHE_HOME"]) if "XDG_CACHE_HOME" in env else Path("~/.cache").expanduser()
     return base / "huggingface" / "hub"
 
 
