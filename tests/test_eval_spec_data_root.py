@@ -80,3 +80,19 @@ def test_the_adapters_own_task_and_a_spec_file_read_the_same_folder(tmp_path, da
     evaluate_adapter(adapter, tasks=str(later), data_root=root, out=tmp_path / "b", device="cpu")
     a, b = (json.loads((tmp_path / d / "eval.json").read_text())["tasks"]["colours"]["data_root"] for d in "ab")
     assert a == b == str((tmp_path / "data").absolute())
+
+
+def test_a_spec_file_of_other_data_read_under_the_recorded_folder_is_warned_of(tmp_path, caplog):
+    """The recorded folder is surely right for the spec the task was trained with (said at info level); a spec of other
+    data might be relative to another folder holding files of the same names, so that is said as a warning."""
+    adapter, later = _trained(tmp_path)
+    with caplog.at_level(logging.INFO, logger="mtl_lora_vl"):
+        evaluate_adapter(adapter, tasks=str(later), out=tmp_path / "ev", device="cpu")
+    said = [r for r in caplog.records if "the folder the adapter records for task 'colours'" in r.getMessage()]
+    assert [r.levelname for r in said] == ["WARNING"], said
+    assert "its [data] is not the one the task was trained on" in said[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mtl_lora_vl"):
+        evaluate_adapter(adapter, tasks=str(tmp_path / "colours.toml"), out=tmp_path / "ev2", device="cpu")
+    said = [r for r in caplog.records if "the folder the adapter records for task 'colours'" in r.getMessage()]
+    assert [r.levelname for r in said] == ["INFO"], said

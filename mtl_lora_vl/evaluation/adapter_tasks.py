@@ -91,8 +91,12 @@ def saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | Non
                                  f"{recorded[s.name]}, which is no longer a folder, and this spec's data paths are "
                                  "read there unless --data-root is given; give --data-root DIR, the folder they are "
                                  "relative to")
-            logger.info("--tasks %s: its data paths are read under the folder the adapter records for task %r (%s); "
-                        "--data-root DIR reads them elsewhere", s.source_file, s.name, recorded[s.name])
+            saved_spec = lp.specs.get(s.name)
+            same = saved_spec is not None and saved_spec.data == s.data   # (then the folder is surely right)
+            logger.log(logging.INFO if same else logging.WARNING,
+                       "--tasks %s: its data paths are read under the folder the adapter records for task %r (%s)%s; "
+                       "--data-root DIR reads them elsewhere", s.source_file, s.name, recorded[s.name],
+                       "" if same else ", though its [data] is not the one the task was trained on")
         return {s.name: recorded[s.name] for s in files}
     for s in saved:
         if s.name in gone:
