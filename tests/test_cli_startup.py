@@ -63,7 +63,7 @@ def _imported(cmd: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
     ([str(REPO / "scripts" / "export_merged.py"), "--help"], 0, "usage: export_merged.py"),
     ([str(REPO / "scripts" / "export_merged.py"), "--adaptr", "x"], 2, "--adaptr (did you mean --adapter?)"),
     (["-m", "mtl_lora_vl", "bench", "--help"], 0, "usage: python -m mtl_lora_vl bench"),
-    (["-m", "mtl_lora_vl", "bench", "--seed", "3"], 2, "--seed (did you mean --seeds?)"),
+    (["-m", "mtl_lora_vl", "bench", "--num-seeds", "3"], 2, "--num-seeds (did you mean --seeds?)"),
     (["-m", "mtl_lora_vl", "bench", "--threads", "100000"], 2, "give --threads between 1 and"),
     (["-m", "mtl_lora_vl", "bench", "--config", str(REPO / "pyproject.toml")], 2, "unknown option 'build-system'"),
     ([str(REPO / "scripts" / "bench_methods.py"), "--help"], 0, "usage: bench_methods.py"),
