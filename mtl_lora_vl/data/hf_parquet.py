@@ -33,7 +33,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["parquet_files", "refuse_joined_saved"]
+__all__ = ["joined_splits", "parquet_files", "refuse_joined_saved"]
 
 logger = logging.getLogger(__name__)
 
@@ -392,12 +392,17 @@ def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None
     return [str(f) for f in chosen]
 
 
+def joined_splits(split: str) -> list[str]:
+    """The splits ``split`` joins with ``+`` (``train+train_extra``, as ``datasets``' ``load_dataset(split=...)``
+    joins them; spaces around a ``+`` dropped, as its ``ReadInstruction`` drops them), ``[split]`` for one."""
+    return re.split(r"\s*\+\s*", split)
+
+
 def _joined_parts(base: Path, split: str | None) -> list[str | None]:
-    """The splits ``split`` joins with ``+`` (``train+train_extra``; spaces around a ``+`` dropped, as ``datasets``'
-    ``ReadInstruction`` drops them), ``[split]`` for one; refused where one is empty or named twice."""
+    """:func:`joined_splits` of ``split`` (``[None]`` for none), refused where one is empty or named twice."""
     if split is None:
         return [None]
-    parts = re.split(r"\s*\+\s*", split)
+    parts = joined_splits(split)
     if not all(parts):
         raise ValueError(f"hf_datasets {base}: split {split!r} joins splits with '+', and one of them is empty; write "
                          "the splits' names between the '+' signs, e.g. split = \"train+test\"")
@@ -456,7 +461,7 @@ def refuse_joined_saved(base: Path, split: str | None) -> None:
     beside a list holding both."""
     if split is None or "+" not in split:
         return
-    parts = re.split(r"\s*\+\s*", split)
+    parts = joined_splits(split)
     raise ValueError(f"hf_datasets {base}: split {split!r} joins the splits {parts} with '+', which reads a folder of "
                      "parquet files (or a parquet file); a save_to_disk folder's splits are read one at a time. Write "
                      "them as parquet files and give that folder as path, e.g. dd[name].to_parquet(f\"my_data/"

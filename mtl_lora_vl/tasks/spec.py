@@ -55,6 +55,7 @@ from typing import Any
 
 from mtl_lora_vl.config import reserved_file_name
 from mtl_lora_vl.data.common import ReaderOptionError
+from mtl_lora_vl.data.hf_parquet import joined_splits
 from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split, reader_option_names
 from mtl_lora_vl.data.records import Split
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
@@ -403,7 +404,7 @@ def _shared_parts(shared: dict[str, Any], one: dict[str, Any], train: dict[str, 
     they choose the same rows; the splits both name where their ``split`` options join splits with ``+`` (as
     ``datasets`` does: ``train+test`` beside ``test``) and share some; else None."""
     mine, theirs = _rows_chosen(shared, one), _rows_chosen(shared, train)
-    a, b = ([p.strip() for p in str(d.pop("split", "")).split("+")] for d in (mine, theirs))
+    a, b = ([p.strip() for p in joined_splits(str(d.pop("split", "")))] for d in (mine, theirs))
     both = [p for p in a if p in b]
     return None if mine != theirs or not both else [] if set(a) == set(b) else both
 
