@@ -174,13 +174,8 @@ def usable_cores(mask: list[int], quota: CpuQuota | None, cap: int | None = None
 
 def cores_note(mask: list[int], quota: CpuQuota | None, cap: int | None) -> str:
     """What capped this process's cores below its affinity mask, as a refusal says it (empty where nothing did)."""
-    usable = usable_cores(mask, quota, cap)
-    if usable >= len(mask):
-        return ""
-    if cap is not None and cap == usable:
-        return f" ({LOKY_MAX_CPU_COUNT}={cap} caps the {len(mask)} cores of its affinity mask)"
-    return (f" (the CPU quota of its cgroup {quota.cgroup} allows {usable} of the {len(mask)} cores of its affinity "
-            "mask)") if quota is not None else ""
+    return _capped_note(len(mask), None if quota is None else quota.cores, [] if quota is None else [quota.cgroup],
+                        cap, f"{LOKY_MAX_CPU_COUNT}={cap}", ranks=None)
 
 
 def pooled_note(ranks: int, masked: int, quotas: Mapping[str, int] | None, caps: list[int] | None) -> str:
@@ -188,18 +183,30 @@ def pooled_note(ranks: int, masked: int, quotas: Mapping[str, int] | None, caps:
     masks' union, as a refusal says it (empty where nothing did): their cgroups' CPU quotas (``quotas``: cores by
     cgroup, None where some rank has none) or their :data:`LOKY_MAX_CPU_COUNT` caps (None where some rank has none),
     as :func:`.distributed.node_cores` pools them. :func:`cores_note` says it for one process."""
-    quota, cap = (None if quotas is None else sum(quotas.values())), (None if caps is None else sum(caps))
+    return _capped_note(masked, None if quotas is None else sum(quotas.values()), sorted(quotas or {}),
+                        None if caps is None else sum(caps),
+                        f"their {LOKY_MAX_CPU_COUNT} ({', '.join(map(str, caps or []))})", ranks=ranks)
+
+
+def _capped_note(masked: int, quota: int | None, cgroups: list[str], cap: int | None, cap_said: str,
+                 ranks: int | None) -> str:
+    """The note of :func:`cores_note` (``ranks`` None: "its" mask) and :func:`pooled_note` (``ranks`` ranks: "their"
+    masks and the cores they share): ``quota`` (cores, set by ``cgroups``) or ``cap`` (``cap_said`` names it) below
+    ``masked`` cores, the cap named where it sets the figure (where both do too); empty where neither caps them."""
     usable = max(1, min([masked, *(n for n in (quota, cap) if n is not None)]))
     if usable >= masked:
         return ""
-    share = f"the {ranks} ranks here share {usable}"
+    whose, masks = ("its", "mask") if ranks is None else ("their", "masks")
+    share = "" if ranks is None else f"the {ranks} ranks here share {usable}: "
     if cap is not None and cap == usable:
-        return (f" ({share}: their {LOKY_MAX_CPU_COUNT} ({', '.join(map(str, caps or []))}) caps the {masked} cores "
-                "of their affinity masks)")
-    groups = sorted(quotas or {})
-    said = (f"the CPU quota of their cgroup {groups[0]} allows" if len(groups) == 1 else
-            f"the CPU quotas of their cgroups {', '.join(groups)} allow")
-    return f" ({share}: {said} {usable} of the {masked} cores of their affinity masks)"
+        said = f"{cap_said} caps"
+    elif not cgroups:
+        return ""
+    elif len(cgroups) == 1:
+        said = f"the CPU quota of {whose} cgroup {cgroups[0]} allows {usable} of"
+    else:
+        said = f"the CPU quotas of their cgroups {', '.join(cgroups)} allow {usable} of"
+    return f" ({share}{said} the {masked} cores of {whose} affinity {masks})"
 
 
 def local_ranks(environ: Mapping[str, str] = os.environ) -> int:
