@@ -449,9 +449,9 @@ def _signals_during_the_renames(target, monkeypatch, signals):
 
 
 _IN_THE_LOOP = {   # what the signals do unheld inside stop_at_step_boundary: the first a clean stop, a Ctrl-C after it
-    (signal.SIGINT, signal.SIGTERM): ("stop at the step boundary", signal.SIGTERM),   # an abort (KeyboardInterrupt)
-    (signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM),
-    (signal.SIGINT, signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM),
+    (signal.SIGINT, signal.SIGTERM): ("stop at the step boundary", signal.SIGINT),   # an abort (KeyboardInterrupt)
+    (signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGTERM),            # (the first signal is kept)
+    (signal.SIGINT, signal.SIGTERM, signal.SIGINT): ("KeyboardInterrupt", signal.SIGINT),
     (signal.SIGINT, signal.SIGINT): ("KeyboardInterrupt", signal.SIGINT),
     (signal.SIGTERM, signal.SIGTERM): ("stop at the step boundary", signal.SIGTERM),
 }
@@ -463,10 +463,10 @@ def test_signals_held_in_the_training_loop_stop_it_as_the_same_signals_unheld_wo
         tmp_path, monkeypatch, signals):
     """Review 460: inside ``stop_at_step_boundary`` (a Ctrl-C sets a flag for a clean stop at the next step, a second
     Ctrl-C after it aborts) a Ctrl-C then a SIGTERM held over the renames were delivered SIGTERM first, so the Ctrl-C
-    came second and raised KeyboardInterrupt (an abort, no checkpoint) where the same signals unheld stop cleanly with
-    SIGTERM's exit 143. Held signals now come in their arrival order. Helper 473: a signal repeated while held was
-    delivered once, so a double Ctrl-C during the renames stopped cleanly where unheld it aborts at once (and
-    INT-TERM-INT stopped as INT-TERM); now each one is delivered."""
+    came second and raised KeyboardInterrupt (an abort, no checkpoint) where the same signals unheld stop cleanly (exit
+    130 since helper 515: the first signal is the one kept). Held signals now come in their arrival order. Helper
+    473: a signal repeated while held was delivered once, so a double Ctrl-C during the renames stopped cleanly where
+    unheld it aborts at once (and INT-TERM-INT stopped as INT-TERM); now each one is delivered."""
     from mtl_lora_vl.training.stopping import stop_at_step_boundary
 
     def outcome(held):

@@ -22,7 +22,8 @@ class RunStopped(Exception):
     """Ctrl-C or SIGTERM stopped the run after a step and a checkpoint; ``--resume`` continues it.
 
     Raised by :func:`train` so that a stopped run is never mistaken for a finished one: the command exits
-    ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM), as a process the signal had killed would.
+    ``128 + signal number`` (130 for Ctrl-C, 143 for SIGTERM), as a process the signal had killed would: the signal
+    that asked for the stop (:class:`StopRequest`'s first), not a SIGTERM that came after it.
     """
 
     def __init__(self, run_dir: Path, step: int, signum: int):
@@ -48,6 +49,12 @@ class StopRequest:
     checkpoint whose loader is one batch ahead of its step; so the first signal only sets ``signum``
     and the loop saves once the step is complete (under DDP every rank stops at the first boundary where
     any rank has a signal). A second Ctrl-C raises ``KeyboardInterrupt`` at once.
+
+    The first signal asked for the stop, and it is the one recorded (the exit status, 128 + its number, and
+    :class:`RunStopped`'s message name it, as the stop line did): a SIGTERM after it changes nothing (a scheduler's
+    SIGTERM after a Ctrl-C is still given its clean stop, and the run still exits 130), and only a Ctrl-C after it
+    escalates, to an abort without saving (exit 130). Ranks that got different first signals stop with the highest
+    (SIGTERM's 143): without a common clock it is the one every rank agrees on.
     """
 
     def __init__(self) -> None:
@@ -56,14 +63,14 @@ class StopRequest:
     def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        first = not self.signum
+        if self.signum:   # a SIGTERM after the first signal: the stop it asked for stands, and so does its name
+            return        # (a rank whose torchrun agent died got two SIGTERMs; a scheduler's after a Ctrl-C)
         self.signum = signum
-        if first:   # a second SIGTERM said it again (a rank whose torchrun agent died got two)
-            # each rank says the signal it got (one rank alone may get it): "rank 1: SIGTERM: ..." under torchrun
-            # what stops it at once, in the words of the signal that came: "Ctrl-C again" read wrong after a
-            # SIGTERM (a scheduler's or kill's; a second SIGTERM only stops at the step too)
-            logger.warning("%s%s: stopping after this step (%s to stop at once, without saving)",
-                           rank_prefix(), signal.Signals(signum).name, _AT_ONCE.get(signum, "Ctrl-C"))
+        # each rank says the signal it got (one rank alone may get it): "rank 1: SIGTERM: ..." under torchrun
+        # what stops it at once, in the words of the signal that came: "Ctrl-C again" read wrong after a
+        # SIGTERM (a scheduler's or kill's; a second SIGTERM only stops at the step too)
+        logger.warning("%s%s: stopping after this step (%s to stop at once, without saving)",
+                       rank_prefix(), signal.Signals(signum).name, _AT_ONCE.get(signum, "Ctrl-C"))
 
 
 @contextlib.contextmanager
