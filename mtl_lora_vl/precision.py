@@ -1,4 +1,4 @@
-"""Mixed precision: which autocast dtype a run uses, and the one autocast context."""
+"""Mixed precision: which autocast dtype a run uses, the one autocast context, and the dtype adapters are made in."""
 
 from __future__ import annotations
 
@@ -74,3 +74,15 @@ def base_weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
     / fp16 base, and is the first parameter of a CoCa or a ``CustomTextCLIP`` (its only own ones)."""
     frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     return next((p.dtype for p in frozen if p.numel() > 1), frozen[0].dtype if frozen else None)
+
+
+def adapter_dtype(base: torch.dtype | None) -> torch.dtype:
+    """The dtype ``attach`` makes a layer's adapter tensors in, given its base weight's: torch's default dtype (fp32)
+    on an fp32, bf16, fp16, float8 or integer base -- adapters train in fp32 under half-precision weights and
+    autocast --, the base's own on a wider floating-point one: a float64 base gets float64 adapters, so gradient
+    checks and exactness tests in fp64 meet no fp32 rounding (they were made in fp32: an fp64 forward was exact to
+    ~1e-7 only, and ``torch.autograd.gradcheck`` of the adapters could not run)."""
+    default = torch.get_default_dtype()
+    if base is not None and base.is_floating_point and base.itemsize > default.itemsize:
+        return base
+    return default

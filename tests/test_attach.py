@@ -557,15 +557,19 @@ def test_a_float64_model_merges_to_float64_precision():
 
 
 def test_fp32_adapters_on_a_float64_base_merge_to_float64_precision():
-    """Adapters attached to a ``.double()`` base stay fp32; the merge formed ΔW = M A in fp32 and added it in fp64,
-    so merged outputs were off routed ones (A x and M z in fp64) by fp32 rounding: 7.3e-8 here (helper 310). ΔW is
-    now formed in the base's dtype where that is wider: ΔW = M A of the fp32 M_t in fp64, in place and in
+    """Adapters left fp32 on a float64 base (attached to the fp32 base, whose weights were cast to float64 after;
+    attached to a ``.double()`` base they are float64 since helper 516); the merge formed ΔW = M A in fp32 and added
+    it in fp64, so merged outputs were off routed ones (A x and M z in fp64) by fp32 rounding: 7.3e-8 here (helper
+    310). ΔW is now formed in the base's dtype where that is wider: ΔW = M A of the fp32 M_t in fp64, in place and in
     ``merged_state_dict``. (The routed forward forms M_t for several layers at once, whose fp32 rounding can differ
     from one layer's by the CPU's kernels -- 4.8e-8 on an AVX-512 machine --, so merged outputs are compared with it
     at 1e-6, and ΔW with its fp64 product exactly.)"""
     torch.manual_seed(0)
     cfg = mlv.MTLLoRAConfig(tasks=["a", "b"], targets={"image": [r"^fc$", r"^attn$"]})
-    model = mlv.attach(_WithMHA().double(), cfg)
+    model = mlv.attach(_WithMHA(), cfg)
+    for n, p in model.named_parameters():
+        if "lora_" not in n:
+            p.data = p.data.double()
     _randomize_adapters(model)
     assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
     x = torch.randn(2, 3, 8, dtype=torch.float64)

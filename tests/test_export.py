@@ -290,10 +290,15 @@ def test_plain_lora_folds_into_a_module_reachable_under_two_names(tmp_path):
 def test_plain_lora_on_a_float64_base_keeps_its_weights_in_float64(tmp_path):
     """A float64 base (fp32 adapters) was folded in fp32: every adapted weight, ΔW aside, was rounded to fp32 (5e-7
     off the routed model); now the update is added in float64, as ``merge`` adds it. (The routed forward forms M_t in
-    the adapters' fp32, so it sits ~1e-7 from either fold on some CPUs: the folds are compared with each other.)"""
+    the adapters' fp32, so it sits ~1e-7 from either fold on some CPUs: the folds are compared with each other.)
+    Attached to a ``.double()`` base, adapters are float64 since helper 516: the base is cast after attaching."""
     torch.manual_seed(0)
-    model = mlv.attach(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)).double(),
+    model = mlv.attach(nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8)),
                        mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
+    for n, p in model.named_parameters():
+        if "lora_" not in n:
+            p.data = p.data.double()
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
     _randomize(model)
     x = torch.randn(5, 16, dtype=torch.float64)
     with torch.no_grad(), mlv.route(model, "b"):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MTLLoRAConfig
+from ..precision import adapter_dtype
 from .layers import AdapterBank, KeepsReplaced, LoRALinear
 
 
@@ -41,7 +42,8 @@ class LoRAMultiheadAttention(KeepsReplaced):
         self.in_proj_weight = base.in_proj_weight
         self.in_proj_bias = base.in_proj_bias
         slices = tuple(c in cfg.qkv_slices for c in "qkv")
-        self.in_proj = AdapterBank(self.embed_dim, 3 * self.embed_dim, cfg, slices, device=base.in_proj_weight.device)
+        self.in_proj = AdapterBank(self.embed_dim, 3 * self.embed_dim, cfg, slices, device=base.in_proj_weight.device,
+                                   dtype=adapter_dtype(base.in_proj_weight.dtype))
         self.out_proj = LoRALinear(base.out_proj, cfg)
         self.__dict__["original"] = base   # (not a submodule) what ``unload`` puts back: its class and hooks kept
 

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import MTLLoRAConfig
+from ..precision import adapter_dtype
 from .formation import Formation
 from .routing import Route, Router, RoutingError
 from .rows import (
@@ -53,8 +54,8 @@ from .rows import (
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
 
-def _kaiming(rows: int, cols: int, device: torch.device | None) -> torch.Tensor:
-    w = torch.empty(rows, cols, device=device)
+def _kaiming(rows: int, cols: int, device: torch.device | None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    w = torch.empty(rows, cols, device=device, dtype=dtype)
     nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # nn.Linear's init
     return w
 
@@ -63,7 +64,8 @@ class AdapterBank(nn.Module):
     """The adapter tensors of one projection ``d_in -> d_out`` and how they act on activations.
 
     ``out_slices`` (for packed q/k/v projections) marks which of the equal slices of the base
-    output adapt; the adapter's own output covers only those, and zero rows fill the others.
+    output adapt; the adapter's own output covers only those, and zero rows fill the others. ``dtype``: the adapter
+    tensors' (None: torch's default; a layer passes :func:`~mtl_lora_vl.precision.adapter_dtype` of its base weight's).
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class AdapterBank(nn.Module):
         cfg: MTLLoRAConfig,
         out_slices: tuple[bool, ...] | None = None,
         device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if out_slices is not None:
@@ -89,18 +92,19 @@ class AdapterBank(nn.Module):
         T, r, n = cfg.num_tasks, cfg.r, cfg.n_up
         n_a = {"mtl_lora": 0, "lora": 0, "multi_lora": n, "moe_lora": n, "task_lora": T}[self.method]
         n_b = {"mtl_lora": n, "lora": 1, "multi_lora": n, "moe_lora": n, "task_lora": T}[self.method]
+        dd = {"device": device, "dtype": dtype}
         if n_a:
-            self.lora_A = nn.Parameter(torch.stack([_kaiming(r, d_in, device) for _ in range(n_a)]))
+            self.lora_A = nn.Parameter(torch.stack([_kaiming(r, d_in, **dd) for _ in range(n_a)]))
         else:
-            self.lora_A = nn.Parameter(_kaiming(r, d_in, device))
-        self.lora_B = nn.Parameter(torch.zeros(n_b, d_ad, r, device=device))
+            self.lora_A = nn.Parameter(_kaiming(r, d_in, **dd))
+        self.lora_B = nn.Parameter(torch.zeros(n_b, d_ad, r, **dd))
         if self.method == "mtl_lora" and self.lambda_type == "full":
-            self.lora_lambda = nn.Parameter(torch.eye(r, device=device).repeat(T, 1, 1))
+            self.lora_lambda = nn.Parameter(torch.eye(r, **dd).repeat(T, 1, 1))
         elif self.method == "mtl_lora" and self.lambda_type == "diagonal":
-            self.lora_lambda = nn.Parameter(torch.ones(T, r, device=device))
+            self.lora_lambda = nn.Parameter(torch.ones(T, r, **dd))
         if self.method in ("mtl_lora", "moe_lora"):
             bound = 1.0 / math.sqrt(n)
-            self.lora_w = nn.Parameter(torch.empty(T, n, device=device).uniform_(-bound, bound))
+            self.lora_w = nn.Parameter(torch.empty(T, n, **dd).uniform_(-bound, bound))
         self.router: Router | None = None
         self.formation: Formation | None = None   # set by attach: this layer's M_t formed with others'
         self.layer_name = ""
@@ -474,7 +478,8 @@ class LoRALinear(KeepsReplaced, AdapterBank):
     """An ``nn.Linear`` plus adapters. Keeps the base ``weight``/``bias`` under their original names."""
 
     def __init__(self, base: nn.Linear, cfg: MTLLoRAConfig, out_slices: tuple[bool, ...] | None = None):
-        super().__init__(base.in_features, base.out_features, cfg, out_slices, device=base.weight.device)
+        super().__init__(base.in_features, base.out_features, cfg, out_slices, device=base.weight.device,
+                         dtype=adapter_dtype(base.weight.dtype))
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight
         self.bias = base.bias

@@ -54,6 +54,7 @@ from .base_check import (
     check_tensors,
     newer_package_hint,
     refuse_adapted,
+    warn_rounded,
 )
 from .identity import adapted_module, expected_tensors, model_identity
 from .layout import (
@@ -464,6 +465,7 @@ def load_adapter(base_model: nn.Module, path: str | Path, heads: dict[str, nn.Mo
     attach(part, cfg)
     take_images(base_model, doc.get("base") or {}, path)   # (the whole model's record: its backbone reads it)
     params = dict(part.named_parameters())
+    warn_rounded(tensors, params, weights)
     with torch.no_grad():
         for name, t in tensors.items():
             params[name].copy_(t)

@@ -287,8 +287,8 @@ def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict
     """The adapter tensors in ``file``'s safetensors ``header`` (name -> (shape, dtype)) are exactly ``expected``
     (name -> shape), floating point: read from the header alone, before any tensor is loaded or the model is
     touched, so a file that does not fit is one clear error, not a half-loaded model. Any float dtype loads, cast to
-    the fp32 parameters ``attach`` makes (the file's digest covers its bytes, dtype included, not what they should
-    be): fp16 / bf16 exactly; fp64 rounded, which is warned about."""
+    the parameters ``attach`` makes (the file's digest covers its bytes, dtype included, not what they should be):
+    fp16 / bf16 exactly; fp64 into fp32 ones rounded, which :func:`warn_rounded` says."""
     missing = sorted(set(expected) - set(header))
     if missing:
         raise AdapterFileError(f"{file}: missing adapter tensor(s) {few(missing)}; the file does not match its "
@@ -305,11 +305,16 @@ def check_tensors(header: dict[str, tuple[tuple[int, ...], str]], expected: dict
                                    f"the model expects {shape}")
         if dtype not in _FLOATS:
             raise AdapterFileError(f"{file}: {name} has dtype {dtype}; adapter tensors are floating point")
-    wide = sorted(n for n in expected if header[n][1] == "F64")
+
+
+def warn_rounded(tensors: dict[str, torch.Tensor], params: dict[str, nn.Parameter], file: Path) -> None:
+    """Warn where float64 adapter tensors of ``file`` load into narrower parameters (``attach`` makes fp32 ones on
+    any base but a float64 one, whose adapters are float64: there they load exactly)."""
+    wide = sorted(n for n, t in tensors.items() if t.dtype == torch.float64 and params[n].dtype != torch.float64)
     if wide:
-        logger.warning("%s: %d adapter tensor(s) are float64 (%s): they load into the fp32 parameters attach makes, "
-                       "rounded to fp32 (a .double() model's adapter loads to fp32 precision)", file, len(wide),
-                       few(wide, 3))
+        logger.warning("%s: %d adapter tensor(s) are float64 (%s): they load into the fp32 parameters attach makes "
+                       "on a base that is not float64, rounded to fp32 (load the adapter of a .double() model into a "
+                       "float64 base for its float64 values)", file, len(wide), few(wide, 3))
 
 
 def check_heads(heads: dict[str, nn.Module], doc: dict[str, Any], header: dict[str, tuple[tuple[int, ...], str]],
