@@ -8,6 +8,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from .common import TRUTH_VALUES, DataFormatError, ReaderOptionError, class_name
 from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "byte_lengths", "byte_tails", "check_path_parts", "class_label_names",
-           "files_stamp", "image_cells", "image_kind", "is_image_feature", "list_element", "load_datasets",
+           "files_stamp", "held_logs", "image_cells", "image_kind", "is_image_feature", "list_element", "load_datasets",
            "load_saved", "path_cells", "quiet_progress", "refuse_list_column", "refuse_mixed_columns",
            "refuse_unlabelled", "truth_names"]
 
@@ -49,6 +50,41 @@ def quiet_progress() -> Iterator[None]:
     finally:
         if was:
             enable_progress_bar()
+
+
+#: The logger of ``datasets``' parquet builder (2.x to 5.x), which logs an ERROR line for a file it fails to read.
+_PARQUET_LOGGER = "datasets.packaged_modules.parquet.parquet"
+
+
+class _Held(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def held_logs(name: str) -> Iterator[None]:
+    """Hold back what logger ``name`` logs inside (its own handlers and its parents' see nothing meanwhile), and let
+    it out at the end, unless a :class:`DataFormatError` leaves: a refusal in our words of what the held lines said
+    in the library's (``datasets`` logged "Failed to read file ... CastError" above the refusal of parquet files of
+    different columns, :func:`refuse_mixed_columns`). The logger is as it was after."""
+    log = logging.getLogger(name)
+    held, was = _Held(), log.propagate
+    log.addHandler(held)
+    log.propagate = False
+    try:
+        yield
+    except DataFormatError:
+        held.records.clear()
+        raise
+    finally:
+        log.removeHandler(held)
+        log.propagate = was
+        for record in held.records:
+            log.handle(record)
 
 
 def load_saved(folder: Path, what: str) -> Any:
@@ -154,12 +190,13 @@ class DatasetTable:
         if self.kind == "parquet":
             from datasets.exceptions import DatasetsError
 
-            try:
-                with quiet_progress():
-                    return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
-            except (DatasetsError, ValueError) as e:   # (datasets' CastError, bare or in a DatasetGenerationError)
-                refuse_mixed_columns(list(self.location), e)
-                raise
+            with held_logs(_PARQUET_LOGGER):   # (its "Failed to read file ..." ERROR line, before our refusal)
+                try:
+                    with quiet_progress():
+                        return datasets.Dataset.from_parquet(list(self.location), cache_dir=self.cache_dir)
+                except (DatasetsError, ValueError) as e:   # (datasets' CastError, bare or in a DatasetGenerationError)
+                    refuse_mixed_columns(list(self.location), e)
+                    raise
         folder = self._split_folder()
         if folder != Path(self.location[0]):
             return load_saved(folder, f"{self.location[0]}: split {self.split!r}")
