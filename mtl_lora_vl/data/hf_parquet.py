@@ -143,24 +143,29 @@ def _refuse_configs(base: Path, files: list[Path], split: str | None, shown: Pat
         folder = None if name is None else _config_folder(f, base, name)
         if folder is not None:
             by_split.setdefault(name, {}).setdefault(folder, f)
-    for name, found in sorted(by_split.items()):
-        if len(found) > 1:
-            folders = sorted(found)
-            listed = [str(Path(*c)) if c else "." for c in folders]
-            # GQA on the hub: one config holds the images (..._images: id, image) of the other's rows (imageId)
-            images = next((c for c in folders if c and "image" in c[-1].lower()), None)
-            rows = [c for c in folders if c and c != images] or folders   # (the rows', where one is images)
-            first = max(rows, key=lambda c: len(os.path.commonprefix([str(Path(*c)), str(Path(*images or c))])))
-            join = "" if images is None else (
-                f"; where config {str(Path(*images))!r} holds the images of another's rows, read the rows' config as "
-                f"path and join it by image id: path = \"{shown / Path(*first)}\", image_table = {{path = "
-                f"\"{shown / Path(*images)}\", {_join_columns(found[images], found[first])} (key: the image table's "
-                "column of the ids that the rows' image_id column holds)")
-            under = "" if not shown.is_absolute() else " (or that folder under the data root)"
-            raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {listed}, as "
-                             "the configs of a dataset do (each config's files in a folder of its own: read together, "
-                             "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
-                             f"path = \"{shown / Path(*first)}\"{under}{join}")
+    several = sorted(name for name, found in by_split.items() if len(found) > 1)
+    if not several:
+        return
+    name, found = several[0], by_split[several[0]]   # (its folders and hints; each other such split named)
+    folders = sorted(found)
+    listed = [str(Path(*c)) if c else "." for c in folders]
+    # GQA on the hub: one config holds the images (..._images: id, image) of the other's rows (imageId)
+    images = next((c for c in folders if c and "image" in c[-1].lower()), None)
+    rows = [c for c in folders if c and c != images] or folders   # (the rows', where one is images)
+    first = max(rows, key=lambda c: len(os.path.commonprefix([str(Path(*c)), str(Path(*images or c))])))
+    join = "" if images is None else (
+        f"; where config {str(Path(*images))!r} holds the images of another's rows, read the rows' config as "
+        f"path and join it by image id: path = \"{shown / Path(*first)}\", image_table = {{path = "
+        f"\"{shown / Path(*images)}\", {_join_columns(found[images], found[first])} (key: the image table's "
+        "column of the ids that the rows' image_id column holds)")
+    under = "" if not shown.is_absolute() else " (or that folder under the data root)"
+    others = "; ".join(f"{n!r}: {[str(Path(*c)) if c else '.' for c in sorted(by_split[n])]}" for n in several[1:4])
+    more = "" if not others else (f" (and so do the files of split(s) {others}"
+                                  f"{f'; and {len(several) - 4} more split(s)' if len(several) > 4 else ''})")
+    raise ValueError(f"hf_datasets {base}: the parquet files of split {name!r} lie in the folders {listed}{more}, "
+                     "as the configs of a dataset do (each config's files in a folder of its own: read together, "
+                     "their rows would mix in one split); pick one config by giving its folder as path, e.g. "
+                     f"path = \"{shown / Path(*first)}\"{under}{join}")
 
 
 def _join_columns(images: Path, rows: Path) -> str:
