@@ -372,11 +372,17 @@ def read_hf_datasets(
     digests: dict[int, str] = {}
     by_bytes: dict[str, tuple[Any, int]] = {}   # digest of the bytes -> (reference, first row), rows without an id
 
-    lengths = byte_lengths(column, kind) if kind != "path" else []
-    keys = list(zip(lengths, byte_tails(column, kind))) if kind != "path" else []
-    sizes = Counter(keys)
+    # per image row: its length and bytes near its end (byte_tails), read on first need: where no image_id repeats
+    # on two rows, or the images are joined by id (each id one row of the image table), no digest is asked for
+    lengths: list[int | None] = []
+    keys: list[tuple[int | None, bytes | None]] = []
+    sizes: Counter = Counter()
 
     def digest(row: int) -> str:   # an image row's encoded image, hashed once (rows whose image_id repeats or is blank)
+        if not lengths:
+            lengths.extend(byte_lengths(column, kind))
+            keys.extend(zip(lengths, byte_tails(column, kind)))
+            sizes.update(keys)
         if row not in digests and lengths[row] is not None and sizes[keys[row]] == 1:
             # no other row's image is as long and ends so, so none is this one: not read whole
             digests[row] = f"row {row}'s {lengths[row]} bytes"

@@ -103,21 +103,47 @@ def _image_column(images_ds: Any, image_table: dict[str, str], where: str) -> st
     return found[0]
 
 
+def _image(cell: Any) -> Any:
+    """What tells an image cell's image from another's: its encoded bytes (a ``{bytes, path}`` struct's path is only
+    its name), else its path."""
+    if isinstance(cell, dict):
+        return cell.get("bytes") if cell.get("bytes") is not None else cell.get("path")
+    return cell
+
+
+def _refuse_two_images(a: Any, b: Any, rows: tuple[int, int], k: Any, key: str, where: str) -> None:
+    """Refuse rows ``rows`` of the image table, whose key ``k`` (column ``key``) is one, where their image cells ``a``
+    and ``b`` hold two images (:func:`_image`); the same image twice under its key (a table written with a repeat)
+    is that image."""
+    a, b = _image(a), _image(b)
+    if a == b:
+        return
+    how = (f"paths {a!r} and {b!r}" if isinstance(a, str) and isinstance(b, str) else
+           f"encoded images of {len(a)} and {len(b)} bytes" if isinstance(a, bytes) and isinstance(b, bytes) else
+           f"{a!r:.40} and {b!r:.40}")
+    raise DataFormatError(f"{where} rows {rows[0]} and {rows[1]}: key {k!r} of column {key!r} names two different "
+                          f"images ({how}); an id must name one image of the image table: give it a column of unique "
+                          "ids as key, or remove one of the rows")
+
+
 def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dict[str, Any], source: str,
               where: str) -> tuple[str, list[int]]:
     """The image table's image column, and per row of ``ds`` (the rows, read as ``source``) the row of ``images_ds``
-    (the image table, read as ``where``) whose ``image_table["key"]`` is the row's image id; refused where the key
-    names two images, or a row's image id is blank or not in the image table."""
+    (the image table, read as ``where``) whose ``image_table["key"]`` is the row's image id (its first row where
+    the key repeats on rows of one image); refused where the key names two images, or a row's image id is blank or
+    not in the image table."""
     check_image_table(image_table, mapping)
     image_col = _image_column(images_ds, image_table, where)
     key = _column(image_table["key"], list(images_ds.column_names), "key", where)
     at: dict[str, int] = {}
+    cells: list[Any] = []   # the image column, read where a key repeats
     for j, k in enumerate(images_ds.select_columns([key]).with_format("arrow")[:].column(0).to_pylist()):
-        if _key(k) is not None:   # (an image without a key is no row's)
-            first = at.setdefault(_key(k), j)
-            if first != j:
-                raise DataFormatError(f"{where} row {j}: key {k!r} of column {key!r} is also row {first}'s; an id must "
-                                      "name one image of the image table (give it a column of unique ids as key)")
+        name = _key(k)
+        if name is not None:   # (an image without a key is no row's)
+            first = at.setdefault(name, j)
+            if first != j:   # one image twice under its key is that image; two images under one key are refused
+                cells = cells or [images_ds.select_columns([image_col]).with_format("arrow")[:].column(0)]
+                _refuse_two_images(cells[0][first].as_py(), cells[0][j].as_py(), (first, j), k, key, where)
     col = mapping["image_id"]
     ids = ds.select_columns([col]).with_format("arrow")[:].column(0).to_pylist()
     keys = [_key(v) for v in ids]
