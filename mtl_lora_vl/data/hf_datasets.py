@@ -79,6 +79,7 @@ from .hf_images import column_image_rows, list_image_rows
 from .hf_join import EXAMPLE as JOIN_EXAMPLE
 from .hf_join import check_image_table, join_rows
 from .hf_parquet import parquet_files, refuse_joined_saved
+from .hf_slices import is_sliced, parquet_slices, slice_rows, take_rows, unsliced
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -120,6 +121,8 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
                 cache_dir: str | None) -> tuple[DatasetTable, Any]:
     datasets = load_datasets()
     base = _find(root, path)
+    spec, split = split, unsliced(split)   # (datasets' slices, train[:10%]: rows of the split, hf_slices)
+    lengths: dict[str, int] = {}   # each split's rows, where spec slices them (a saved split's: when opened)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
         refuse_joined_saved(base, split)   # ('+' joins a parquet folder's splits)
         # a DatasetDict by its split names, each split loaded alone (a dict with a split saved empty cannot be loaded)
@@ -142,12 +145,23 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
         table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None)
     else:
-        table = DatasetTable("parquet", tuple(parquet_files(base, split, path)), split, cache_dir)
+        files, lengths = parquet_slices(base, spec, path) if is_sliced(spec) else (parquet_files(base, split, path), {})
+        table = DatasetTable("parquet", tuple(files), split, cache_dir)
     table = dataclasses.replace(table, stamp=files_stamp(table.files()))
+    ds = _open_whole(table, base)
+    if not is_sliced(spec):
+        return table, ds
+    rows = slice_rows(spec, lengths or {split: len(ds)}, f"hf_datasets {base}")   # (a saved split: its rows)
+    table = dataclasses.replace(table, spec=spec, rows=rows)
+    return table, take_rows(ds, table.rows)
+
+
+def _open_whole(table: DatasetTable, base: Path) -> Any:
+    """``table`` opened, all its rows; a saved split that ``datasets`` cannot load refused, naming it."""
     if table.kind != "disk" or table.split is None:
-        return table, table.open()
+        return table.open()
     try:
-        return table, table.open()
+        return table.open()
     except DataFormatError:
         raise
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:   # datasets' own, naming a file at most
@@ -342,7 +356,7 @@ def read_hf_datasets(
                                   one_per_image=one_per_image)
     src, src_ds, image_col, at = table, ds, mapping.get("image"), None   # at: per row, its image's row of src
     if image_table is not None:   # the images kept in another table, joined by image id (GQA's hub configs)
-        src, src_ds = _open_images(root, image_table, split, _cache_under(root, cache_dir))
+        src, src_ds = _open_images(root, image_table, unsliced(split), _cache_under(root, cache_dir))
         image_col, at = join_rows(src_ds, image_table, ds, mapping, source, f"datasets {src}")
     row_of = (lambda i: i) if at is None else at.__getitem__
     image_where = repr(image_col) if at is None else f"{image_col!r} of the image table {src}"

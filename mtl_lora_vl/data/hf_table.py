@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from ..whole_files import read_whole
 from .common import TRUTH_VALUES, DataFormatError, ReaderOptionError, class_name_order
+from .hf_slices import take_rows
 from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "byte_lengths", "byte_tails", "check_path_parts", "class_label_names",
@@ -143,6 +144,8 @@ class DatasetTable:
     split: str | None
     cache_dir: str | None = None
     stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
+    rows: tuple[tuple[int, int], ...] = ()   # the rows read, ranges of the split's (its slices, hf_slices); (): all
+    spec: str = ""                  # the split as the task spec slices it (train[:10%]), shown; "": as split
     # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
     opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # per Arrow file in row order, as checked first in this process: (row after its last, ((file, size, time), ...)),
@@ -184,7 +187,10 @@ class DatasetTable:
         return base / self.split if self.split is not None and (base / self.split / "state.json").is_file() else base
 
     def open(self) -> Any:
-        """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``)."""
+        """The table as a ``datasets.Dataset`` (its split of a saved ``DatasetDict``; its :attr:`rows`)."""
+        return take_rows(self._open_whole(), self.rows)
+
+    def _open_whole(self) -> Any:
         datasets = load_datasets()
         self.check(self.files())   # (a worker would read other rows at those numbers)
         if self.kind == "parquet":
@@ -252,7 +258,8 @@ class DatasetTable:
 
     def __str__(self) -> str:
         where = self.location[0] if len(self.location) == 1 else f"{Path(self.location[0]).parent} (parquet)"
-        return f"{where} [{self.split}]" if self.split else where
+        split = self.spec or self.split
+        return f"{where} [{split}]" if split else where
 
 
 def refuse_mixed_columns(files: list[str], error: BaseException) -> None:

@@ -1,0 +1,101 @@
+"""``datasets``' split slices for the ``hf_datasets`` format (:mod:`.hf_datasets`): ``split = "train[:10%]"``,
+``"train[100:200]"``, ``"train[-50:]"``, ``"train[:1000]+test[:10]"``, read as ``load_dataset(split=...)`` reads them.
+
+The slices are read by ``datasets``' own ``ReadInstruction`` (``datasets.arrow_reader``, public as
+``datasets.ReadInstruction``): a percent rounded to the closest row (or ``(pct1_dropremainder)``), a negative index
+counted from the split's end. Each split named is read once (a parquet folder's files of that split, or a
+``save_to_disk`` folder's split), and the slices choose ranges of its rows, in the order given; a slice that
+chooses no row, or two slices choosing a row twice (``datasets`` reads it twice over: it would count twice in
+training or scoring), are refused, as a split joined to itself is (:func:`.hf_parquet.parquet_files`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .hf_parquet import parquet_files
+
+__all__ = ["is_sliced", "parquet_slices", "slice_names", "slice_rows", "take_rows", "unsliced"]
+
+#: Where a split of the task spec slices rows: a part ``name[...]`` (or ``name[...](rounding)``).
+_SLICE = re.compile(r"[\[(]")
+
+
+def is_sliced(split: str | None) -> bool:
+    """Whether ``split`` slices the rows of a split (``train[:10%]``, ``train+test[:10]``)."""
+    return split is not None and _SLICE.search(split) is not None
+
+
+def slice_names(split: str) -> list[str]:
+    """The splits ``split`` slices, each once, in the order named: ``["train", "test"]`` for
+    ``train[:1000]+test[:10]``, ``["train"]`` for ``train[:50%]+train[50%:]``."""
+    parts = re.split(r"\s*\+\s*", split.strip())
+    return list(dict.fromkeys(_SLICE.split(p, maxsplit=1)[0].strip() for p in parts))
+
+
+def unsliced(split: str | None) -> str | None:
+    """``split`` without its slices (``train+test`` for ``train[:10]+test[:5]``): the splits it reads rows of."""
+    return "+".join(slice_names(split)) if is_sliced(split) else split
+
+
+def slice_rows(split: str, lengths: dict[str, int], where: str) -> tuple[tuple[int, int], ...]:
+    """The rows ``split`` reads, as ranges ``(start, end)`` of the table of its splits' rows one after another (each
+    split of :func:`slice_names` once, ``lengths`` its rows), in the order given; refused, naming ``where``, where
+    ``datasets`` cannot read ``split``, a slice chooses no row, or rows twice."""
+    from datasets import ReadInstruction
+
+    try:
+        chosen = ReadInstruction.from_spec(split).to_absolute(lengths)
+    except (ValueError, AssertionError) as e:   # (its parse errors: ValueError; a bad rounding: AssertionError)
+        raise ValueError(f"{where}: split {split!r} is not datasets' split syntax ({e}); write each split as "
+                         "name[start:end], the ends rows (negative: from the end) or percents, e.g. split = "
+                         "\"train[:10%]\", \"train[100:200]\" or \"train[:1000]+test[:10]\"") from None
+    start = dict(zip(lengths, itertools.accumulate(lengths.values(), initial=0)))   # (each split's first row)
+    rows = []
+    for c in chosen:
+        if c.to <= c.from_:
+            raise ValueError(f"{where}: split {split!r} chooses no row of split {c.splitname!r} "
+                             f"({lengths[c.splitname]} rows) in one of its slices; give a slice that holds rows, or "
+                             "leave it out")
+        rows.append((start[c.splitname] + c.from_, start[c.splitname] + c.to))
+    twice = [(a, b) for i, a in enumerate(rows) for b in rows[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+    if twice:
+        raise ValueError(f"{where}: split {split!r} chooses some rows twice (its slices overlap); datasets' "
+                         "load_dataset reads such rows twice over, and here they would count twice in training or "
+                         "scoring: give slices that do not overlap, e.g. split = \"train[:50%]+train[50%:]\"")
+    return tuple(rows)
+
+
+def take_rows(ds: Any, rows: tuple[tuple[int, int], ...]) -> Any:
+    """The rows ``rows`` (:func:`slice_rows`) of the ``datasets.Dataset`` ``ds``, in order: ranges of its memory map
+    (``select`` of a range, joined with ``concatenate_datasets``), no indices mapping; ``ds`` where ``rows`` is
+    empty (every row)."""
+    if not rows:
+        return ds
+    from datasets import concatenate_datasets
+
+    parts = [ds.select(range(a, b)) for a, b in rows]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+    """The parquet files under ``base`` of each split ``split`` slices (:func:`slice_names`), one split's after
+    another's, and each split's rows (from the files' footers): what :func:`slice_rows` numbers the rows of. A file
+    of two of the splits is refused (its rows would be numbered in both). ``shown``: ``base`` as the spec names it."""
+    import pyarrow.parquet as pq
+
+    files: list[str] = []
+    lengths: dict[str, int] = {}
+    for name in slice_names(split):
+        mine = parquet_files(base, name, shown)
+        both = [f for f in mine if f in files]
+        if both:
+            raise ValueError(f"hf_datasets {base}: split {split!r} slices the splits {slice_names(split)}, and the "
+                             f"parquet file {both[0]} is of split {name!r} and of one before it; slice one of them")
+        files += mine
+        lengths[name] = sum(pq.read_metadata(f).num_rows for f in mine)
+    return files, lengths
