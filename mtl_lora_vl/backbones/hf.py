@@ -29,7 +29,7 @@ from .spec import BackboneSpec
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["hf_dir", "hf_grad_checkpointing", "hf_model_class"]
+__all__ = ["hf_dir", "hf_grad_checkpointing", "hf_model_class", "transformers_bars"]
 
 
 def hf_dir(spec: BackboneSpec) -> Path:
@@ -104,8 +104,9 @@ def hf_model_class(folder: Path) -> type:
 
 
 @contextlib.contextmanager
-def _loading_bars(show: bool) -> Iterator[None]:
-    """transformers' own progress bars ("Loading weights") as the package's: off at ``-q`` and off a terminal.
+def transformers_bars(show: bool) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights", save_pretrained's "Writing model shards") as the
+    package's, for the calls in the block: pass ``not quiet() and interactive()``, off at ``-q`` and off a terminal.
     Both switches are put back as they were: transformers' turns huggingface_hub's on and off with it, and
     turning it back on cleared the hub's per-group settings (and warned under ``HF_HUB_DISABLE_PROGRESS_BARS``)."""
     from transformers.utils import logging as hf_logging
@@ -138,7 +139,7 @@ def load_hf_weights(model_cls: type, folder: Path, dtype: torch.dtype,
     device = torch.device(device)
     # device_map needs accelerate, which is not a dependency: without it, load on the host (the caller moves it)
     placed = {"device_map": {"": device}} if device.type != "cpu" and is_accelerate_available() else {}
-    with _loading_bars(not quiet() and interactive()):
+    with transformers_bars(not quiet() and interactive()):
         try:
             model, info = model_cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype,
                                                     output_loading_info=True, use_kernels=False, **placed)

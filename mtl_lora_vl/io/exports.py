@@ -54,9 +54,11 @@ from ..adapters.fold_dtype import folded, refuse_float8
 from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
+from ..backbones.hf import transformers_bars
 from ..backbones.image_record import ImageRecord
 from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
+from ..log import interactive, quiet
 from ..whole_files import read_whole
 from ..wording import tasks_named
 from .adapter_images import written_family, written_images
@@ -454,8 +456,9 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
                          "pretrained=FILE)")
     with atomic_dir(out, overwrite=overwrite, what="save_merged") as tmp:
         _write_record(tmp, task, "merged")
-        if weights_name is None:
-            whole.save_pretrained(str(tmp), state_dict=sd)
+        if weights_name is None:   # (transformers' "Writing model shards" bar as the package's bars: on a terminal)
+            with transformers_bars(not quiet() and interactive()):
+                whole.save_pretrained(str(tmp), state_dict=sd)
         else:
             save_tensors(sd, tmp / weights_name, meta)
         if source_dir is not None:
