@@ -1,14 +1,18 @@
-"""What ``export`` says besides what it wrote: no third-party progress bar off a terminal (helper 513)."""
+"""What ``export`` says besides what it wrote: no third-party progress bar off a terminal, no processor note where the
+source folder's processor already reads as the adapter's images were read (helper 513)."""
 
 from __future__ import annotations
 
 import importlib
 
 import pytest
+from qwen_tiny import save_tiny_qwen2vl
+from test_qwen2vl_backbone import _tiny_sized
 from transformers.utils import logging as hf_logging
 
 import mtl_lora_vl as mlv
 import mtl_lora_vl.io.exports as exports
+from mtl_lora_vl.backbones.image_record import set_area
 from mtl_lora_vl.backbones.loading import load_backbone
 from mtl_lora_vl.cli.export import export_main
 
@@ -49,3 +53,39 @@ def test_a_merged_export_keeps_the_bar_on_a_terminal(tmp_path, capfd, monkeypatc
     capfd.readouterr()
     assert export_main(["--adapter", str(ad), "--task", "vqa", "--out", str(tmp_path / "o")]) == 0
     assert "Writing model shards" in capfd.readouterr().err
+
+
+def _qwen_model(folder):
+    bb = load_backbone(f"hf:{folder}")
+    return mlv.attach(bb.model, mlv.MTLLoRAConfig(tasks=["a", "b"], r=2, n_up=1))
+
+
+def test_a_qwen2vl_lora_export_gives_no_processor_note_where_the_source_processor_reads_that_area(tmp_path, caplog):
+    """The tiny Qwen2-VL folder's processor reads 1024 to 1024 pixels, the area the backbone read: export_lora still
+    warned 'load the base model's processor with min_pixels=1024, max_pixels=1024 ... whatever its own files say'
+    (and wrote it into the README), though that processor, loaded as it is, reads exactly so. A processor that
+    allows more is still told."""
+    model = _qwen_model(save_tiny_qwen2vl(tmp_path / "q"))
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(model, "a", tmp_path / "peft", format="peft")
+    assert "min_pixels" not in caplog.text, caplog.text
+    assert "min_pixels" not in (out / "README.md").read_text()
+    caplog.clear()
+    wider = _tiny_sized(tmp_path / "w", longest_edge=1_000_000)   # reads 1024 to 448² here; its files: up to 10⁶
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(_qwen_model(wider), "a", tmp_path / "peft_w", format="peft")
+    assert "min_pixels=1024, max_pixels=200704" in caplog.text
+    assert "min_pixels=1024, max_pixels=200704" in (out / "README.md").read_text()
+
+
+def test_an_older_adapters_area_note_is_left_out_where_the_source_processor_reads_within_it(tmp_path, caplog):
+    """An adapter saved before the area read was recorded (its cap asked for, 4096; loaded on a bare model) exported
+    from a model whose folder's processor reads at most 1024 pixels: 'load ... with max_pixels=4096 at most' was
+    said of a processor already below it. A folder whose processor reads more is still told."""
+    for name, edge, told in (("small", 1024, False), ("large", 1_000_000, True)):
+        model = _qwen_model(_tiny_sized(tmp_path / name, longest_edge=edge))
+        set_area(model, 4096)   # (as load_adapter of such an adapter records it: no bounds)
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            mlv.export_lora(model, "a", tmp_path / f"peft_{name}", format="peft")
+        assert ("max_pixels=4096 at most" in caplog.text) is told, (name, caplog.text)

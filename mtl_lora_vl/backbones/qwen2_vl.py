@@ -24,6 +24,7 @@ local directory: the language-model API of :mod:`.hf_vlm` on the family's own im
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -197,6 +198,20 @@ class Qwen2VLBackbone(HFVLMBackbone):
             raise ValueError(f"fit_processor_files: an image area of {min_pixels} to {max_pixels} pixels is empty; "
                              "give a max_pixels at least min_pixels")
         edit_image_processor_files(folder, cap)
+
+    @classmethod
+    def processor_area(cls, folder: Path) -> tuple[int, int] | None:
+        """The ``(min_pixels, max_pixels)`` the image processor in ``folder`` reads within as transformers loads it
+        (``min_pixels`` / ``max_pixels`` in its files, else ``size``; uncapped); None where that is not known: no
+        readable image processor, or one that leaves a bound to transformers' defaults."""
+        from transformers import AutoImageProcessor
+
+        try:
+            processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+        except Exception:  # noqa: BLE001 - no processor files, or unreadable ones: not known
+            return None
+        low, high = pixel_bounds(processor, cap=sys.maxsize)
+        return (int(low), int(high)) if low and high != sys.maxsize else None
 
     # ------------------------------------------------------------------------------------------ inputs
     def _token_side(self) -> int:

@@ -3,7 +3,8 @@
 minimum was recorded holds the maximum asked for, bounded by its processor's own, unknown here): written from the
 model's :class:`~mtl_lora_vl.backbones.image_record.ImageRecord` by ``save_adapter``, checked when read, and put back
 on a bare model (or a bare model's inner multimodal model, which a backbone built on the whole then reads) by
-``load_adapter`` (a backbone's model that reads otherwise is warned about).
+``load_adapter`` (a backbone's model that reads otherwise is warned about); and what a LoRA export's user gives the
+base model's processor to read images so (:func:`image_note`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from ..backbones.image_record import DEFAULT_MAX_PIXELS, ImageRecord, image_reco
 from ..families import family_named, find_family, inner_family
 from ..log import warn_user
 from .layout import AdapterFileError
+from .source_files import loaded_from
 
-__all__ = ["IMAGE_READINGS", "check_image_fields", "record_images", "recorded_bounds", "take_images"]
+__all__ = ["IMAGE_READINGS", "area_read", "check_image_fields", "image_note", "record_images", "recorded_bounds",
+           "take_images"]
 
 #: ``base.image_reading``: each image at its own aspect as the processor reads it, on one square
 #: (``native_aspect(False)``), or as the model's own processor does (attached to a bare model, no backbone chose).
@@ -130,3 +133,54 @@ def take_images(model: nn.Module, base: dict[str, Any], path: Path) -> None:
         how = "at their own aspect" if recorded == "native" else "on one square"
         warn_user(f"{path}: the adapter's images were read {how}, and this model's backbone reads them otherwise; "
                   f"call backbone.native_aspect({recorded == 'native'}) (load_pretrained does)")
+
+
+#: What a square-read adapter's LoRA user does with the base model's processor, per family that can read so.
+_SQUARE_PROCESSOR = {
+    "idefics3": "load the base model's processor with do_image_splitting=False (Idefics3 / SmolVLM)",
+    **{family: f"{name}'s processor reads pictures at their own aspect only, not as the tasks were trained"
+       for family, name in (("llava_next", "LLaVA-NeXT"), ("llava_onevision", "LLaVA-OneVision"),
+                            ("mistral3", "Mistral 3 (Pixtral)"))},
+}
+
+
+def area_read(record: ImageRecord) -> int | None:
+    """The largest image area ``record``'s images were read within (asked for, for an adapter saved before)."""
+    return record.bounds[1] if record.bounds else record.max_pixels
+
+
+def image_note(model: nn.Module) -> str:
+    """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
+    ("": as its processor does, also where the processor of the folder the model was loaded from already reads the
+    area: :func:`_processor_area`)."""
+    record, family = written_images(model)
+    if record.reading == "square":
+        how = _SQUARE_PROCESSOR.get(family, "its processor reads pictures otherwise than the tasks were trained")
+        return f"\nThe adapter's images were read on one square (backbone.native_aspect(False)): {how}.\n"
+    own = _processor_area(model) if record.capped else None
+    if record.capped and record.bounds:   # (Qwen2-VL: the area read, whatever the base's processor allows)
+        low, high = record.bounds
+        if own == (low, high):
+            return ""
+        return (f"\nThe adapter's images were read within {low} to {high} pixels: load the base model's processor "
+                f"with min_pixels={low}, max_pixels={high} (size={{'shortest_edge': {low}, 'longest_edge': {high}}}), "
+                "whatever its own files say (the released processors allow 3136 to 12.8 M pixels), so that it reads "
+                "pictures at the sizes the tasks were trained on.\n")
+    if record.capped:   # (an adapter saved before the area read was recorded: the cap asked for)
+        area = record.area
+        if own is not None and own[1] <= area:   # (its own max_pixels, where lower, is what bounded the reading)
+            return ""
+        return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
+                f"lower): load the base model's processor with max_pixels={area} at most (the released processors "
+                "allow 12.8 M, larger pictures than the tasks were trained on).\n")
+    return ""
+
+
+def _processor_area(model: nn.Module) -> tuple[int, int] | None:
+    """The ``(min_pixels, max_pixels)`` the image processor of the folder the written model was loaded from reads
+    within, as its family's backbone tells (``processor_area``: Qwen2-VL's); None where that is not known: a model
+    loaded by hub id or built from a config, a folder without a readable image processor, a family that tells none."""
+    whole, family = written_family(model)
+    folder, fam = loaded_from(whole), family_named(family)
+    read = getattr(backbone_class(fam.backbone), "processor_area", None) if fam is not None and fam.backbone else None
+    return read(folder) if read is not None and folder is not None else None

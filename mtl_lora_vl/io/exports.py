@@ -55,13 +55,12 @@ from ..adapters.layers import LoRALinear
 from ..adapters.routing import check_module
 from ..backbones import backbone_class
 from ..backbones.hf import transformers_bars
-from ..backbones.image_record import ImageRecord
 from ..config import check_task_file_names
 from ..families import MERGED_CONFIG, MERGED_WEIGHTS, family_named, merged_format, peft_export
 from ..log import interactive, quiet
 from ..whole_files import read_whole
 from ..wording import tasks_named
-from .adapter_images import written_family, written_images
+from .adapter_images import area_read, image_note, written_family, written_images
 from .atomic import atomic_dir, atomic_file
 from .base_check import (
     adapted_part,
@@ -151,7 +150,7 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
             if several:   # each OUT/<task> is an export of its own too (the command's --overwrite replaces it)
                 _write_record(out, t, format)
         _write_record(tmp, tasks if several else task, format)
-        note = _image_note(model)
+        note = image_note(model)
         if several:
             (tmp / "README.md").write_text(_multi_readme(inner, tasks, format, written_family(model)[1]) + note)
         elif format == "peft":
@@ -159,41 +158,6 @@ def export_lora(model: nn.Module, task: str | Sequence[str], path: str | Path, f
     if note:   # (a merged export's processor is edited so: fit_processor_files)
         logger.warning("%s: %s", path, note.strip())
     return Path(path)
-
-
-#: What a square-read adapter's LoRA user does with the base model's processor, per family that can read so.
-_SQUARE_PROCESSOR = {
-    "idefics3": "load the base model's processor with do_image_splitting=False (Idefics3 / SmolVLM)",
-    **{family: f"{name}'s processor reads pictures at their own aspect only, not as the tasks were trained"
-       for family, name in (("llava_next", "LLaVA-NeXT"), ("llava_onevision", "LLaVA-OneVision"),
-                            ("mistral3", "Mistral 3 (Pixtral)"))},
-}
-
-
-def _area_read(record: ImageRecord) -> int | None:
-    """The largest image area ``record``'s images were read within (asked for, for an adapter saved before)."""
-    return record.bounds[1] if record.bounds else record.max_pixels
-
-
-def _image_note(model: nn.Module) -> str:
-    """What a LoRA's user gives the base model's processor so that it reads images as the adapter's were read
-    ("": as its processor does)."""
-    record, family = written_images(model)
-    if record.reading == "square":
-        how = _SQUARE_PROCESSOR.get(family, "its processor reads pictures otherwise than the tasks were trained")
-        return f"\nThe adapter's images were read on one square (backbone.native_aspect(False)): {how}.\n"
-    if record.capped and record.bounds:   # (Qwen2-VL: the area read, whatever the base's processor allows)
-        low, high = record.bounds
-        return (f"\nThe adapter's images were read within {low} to {high} pixels: load the base model's processor "
-                f"with min_pixels={low}, max_pixels={high} (size={{'shortest_edge': {low}, 'longest_edge': {high}}}), "
-                "whatever its own files say (the released processors allow 3136 to 12.8 M pixels), so that it reads "
-                "pictures at the sizes the tasks were trained on.\n")
-    if record.capped:   # (an adapter saved before the area read was recorded: the cap asked for)
-        area = record.area
-        return (f"\nThe adapter's images were read within {area} pixels (or the processor's own max_pixels, where "
-                f"lower): load the base model's processor with max_pixels={area} at most (the released processors "
-                "allow 12.8 M, larger pictures than the tasks were trained on).\n")
-    return ""
 
 
 def _write_record(folder: Path, task: str | Sequence[str], format: str) -> None:
@@ -470,7 +434,7 @@ def save_merged(model: nn.Module, task: str, out: str | Path, source_dir: str | 
             fit = getattr(backbone_class(fam.backbone), "fit_processor_files", None) if fam and fam.backbone else None
             if fit is not None:   # the processor reads images as the package's backbone trained them
                 asked = (None, image_max_pixels) if image_max_pixels else None   # (the area asked: capped as then)
-                low, high = asked or record.bounds or (None, _area_read(record))
+                low, high = asked or record.bounds or (None, area_read(record))
                 fit(tmp, high, record.reading, min_pixels=low, shown_as=Path(out))
     return out
 
