@@ -185,3 +185,56 @@ def test_a_llava_loaded_from_another_cache_dir_is_warned_of_though_its_weights_a
                                          r"of its weight 'model\.(language_model|vision_tower|multi_modal_projector)"
                                          r"\.[\w.]+'"):
         mlv.save_merged(_attached(other), "a", tmp_path / "other")
+
+
+def _rewrite(snapshot, edit):
+    """``snapshot``'s model.safetensors with ``edit(weights)`` applied (in place)."""
+    weights = load_file(snapshot / "model.safetensors")
+    edit(weights)
+    save_file(weights, snapshot / "model.safetensors", {"format": "pt"})
+
+
+def _merged_quietly(model, out):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # (the model's own snapshot: nothing to warn of)
+        return mlv.save_merged(model, "a", out)
+
+
+EMBEDDING = "text_model.embeddings.token_embedding.weight"
+
+
+def test_a_nan_in_a_compared_row_is_no_other_value(tmp_path, monkeypatch):
+    """The weight check compared the first rows with torch.equal, which holds NaN unequal to itself: a model loaded
+    from a snapshot whose weight has a NaN in its first row was warned of as loaded from elsewhere (helper 513)."""
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "default"))
+    snapshot = _cache_holding(tmp_path / "default", "org/tiny-clip", seed=0)
+    _rewrite(snapshot, lambda w: w[EMBEDDING][0].__setitem__(0, float("nan")))
+    model = _unrecorded(CLIPModel.from_pretrained("org/tiny-clip", local_files_only=True))
+    assert model.state_dict()[EMBEDDING][0, 0].isnan()
+    _merged_quietly(_attached(model), tmp_path / "merged")
+
+
+def test_a_model_in_another_dtype_or_dequantized_from_float8_is_not_warned_of(tmp_path, monkeypatch):
+    """A bf16 model loaded from an fp32 snapshot compares the file's rows cast as from_pretrained casts them (no
+    warning), and another cache's bf16 model is still told. A float8 file's weight that the loader dequantized
+    (scaled: here by 2, as a fine-grained FP8 checkpoint's weight_scale_inv does) holds other values than the file's
+    float8 ones cast: it was warned of as loaded from elsewhere; float8 beside a wider dtype is not compared now."""
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "default"))
+    snapshot = _cache_holding(tmp_path / "default", "org/tiny-clip", seed=0)
+    _cache_holding(tmp_path / "mine", "org/tiny-clip", seed=1, commit="2" * 40)
+    load = dict(local_files_only=True, dtype=torch.bfloat16)
+    _merged_quietly(_attached(_unrecorded(CLIPModel.from_pretrained("org/tiny-clip", **load))), tmp_path / "bf16")
+    other = _unrecorded(CLIPModel.from_pretrained("org/tiny-clip", cache_dir=str(tmp_path / "mine"), **load))
+    with pytest.warns(UserWarning, match="holds other values of its weight"):
+        mlv.save_merged(_attached(other), "a", tmp_path / "other")
+
+    _rewrite(snapshot, lambda w: w.update({k: w[k].to(torch.float8_e4m3fn) for k in w if k.endswith("proj.weight")}))
+    dequantized = _unrecorded(CLIPModel.from_pretrained("org/tiny-clip", local_files_only=True))
+    for k, v in dequantized.state_dict().items():
+        if k.endswith("proj.weight"):
+            v.mul_(2.0)
+    _merged_quietly(_attached(dequantized), tmp_path / "fp8")

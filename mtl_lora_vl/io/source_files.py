@@ -122,9 +122,9 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path, caches: list[
 def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | None:
     """The name of a weight that ``model`` holds under the name and shape of one in ``snapshot``'s safetensors files
     (the name ``from_pretrained`` loads it under: :func:`_loaded_name`) but with other values (the first row of each
-    is compared, at most ``most`` weights: read from the files' headers and those rows alone), else None: the same
-    values, or none to compare (no safetensors file, weights whose values transformers converts on loading, a
-    quantized or offloaded model's)."""
+    is compared, at most ``most`` weights: read from the files' headers and those rows alone; :func:`_same_values`),
+    else None: the same values, or none to compare (no safetensors file, weights whose values transformers converts
+    on loading, a quantized or offloaded model's, a float8 file's dequantized on loading)."""
     state = model.state_dict()
     loaded_name = _loaded_name(model, state)
     compared = 0
@@ -140,9 +140,10 @@ def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | N
                     if tuple(part.get_shape()) != tuple(own.shape):
                         continue
                     theirs = part[:1] if own.dim() else sf.get_tensor(key)
-                    if not theirs.is_floating_point():
+                    same = _same_values(theirs, own.detach()[:1].cpu() if own.dim() else own.detach().cpu())
+                    if same is None:
                         continue
-                    if not torch.equal(theirs.to(own.dtype), own.detach()[:1].cpu() if own.dim() else own.cpu()):
+                    if not same:
                         return name
                     compared += 1
                     if compared >= most:
@@ -150,6 +151,27 @@ def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | N
         except (OSError, RuntimeError, ValueError, SafetensorError):   # (a file not readable: nothing to judge by)
             continue
     return None
+
+
+def _same_values(theirs: torch.Tensor, own: torch.Tensor) -> bool | None:
+    """Whether a file's values ``theirs`` are those a model loaded from it holds (``own``), or None where that cannot
+    be judged: not floats, or an 8-bit float on one side only (a float8 file dequantized on loading, its scales in
+    other tensors; a model quantized to float8 from a wider file). Of one dtype the bits are compared (a loaded copy
+    holds the same); else the file's values cast to the model's dtype, as ``from_pretrained`` casts them, and compared
+    exactly with NaN equal to NaN (``torch.equal`` holds NaN unequal to itself: a weight with a NaN in its first row
+    was warned of as not the model's)."""
+    if not (theirs.is_floating_point() and own.is_floating_point()):
+        return None
+    if theirs.dtype == own.dtype:
+        return torch.equal(_bits(theirs), _bits(own))
+    if min(theirs.dtype.itemsize, own.dtype.itemsize) == 1:
+        return None
+    return torch.allclose(theirs.to(own.dtype), own, rtol=0.0, atol=0.0, equal_nan=True)
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s bytes (a float of any width, also a 0-dim one) as one flat uint8 tensor."""
+    return t.contiguous().reshape(-1).view(torch.uint8)
 
 
 def _loaded_name(model: nn.Module, state: dict[str, torch.Tensor]) -> Callable[[str], str | None]:
