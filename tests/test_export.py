@@ -746,3 +746,30 @@ def test_a_float8_base_is_refused_by_name_before_any_weight_is_written(fold, tmp
         with pytest.raises(TypeError, match=r"save_merged: the base weight 0.weight is float8_e5m2 \(and 1 more\)"):
             mlv.save_merged(model, "a", tmp_path / "merged.safetensors")
         assert not (tmp_path / "merged.safetensors").exists()
+
+
+def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path, monkeypatch):
+    """Helper 513: a float64 model's plain export keeps its fp64 pair, and apply_plain_lora moved it to the weight's
+    device as float64 to multiply there: on Apple's MPS (no float64) folding such a file into an fp32 model raised
+    TypeError. Where the device holds no float64 (the check monkeypatched: no MPS here), the pair is cast to fp32 on
+    the host and multiplied on the device in fp32; where it does, in fp64 as before (the test above)."""
+    import mtl_lora_vl.io.exports as exports
+
+    def base():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
+
+    model = mlv.attach(base(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
+    model.double()
+    _randomize(model)
+    path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+    pairs = load_file(path / PLAIN_WEIGHTS)
+    wide = apply_plain_lora(base(), path)
+    monkeypatch.setattr(exports, "_holds_float64", lambda device: False, raising=False)
+    narrow = apply_plain_lora(base(), path)
+    differ = 0
+    for i, layer in enumerate(base()):
+        update = pairs[f"{i}.lora_B"].float() @ pairs[f"{i}.lora_A"].float()
+        assert torch.equal(narrow[i].weight, layer.weight + update)
+        differ += int(not torch.equal(narrow[i].weight, wide[i].weight))
+    assert differ   # (fp32 and fp64 products round apart somewhere: the fp32 fold was taken)

@@ -340,9 +340,17 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
 
 def _product(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
     """``B @ A`` on ``w``'s device, multiplied in the widest of fp32, ``w``'s dtype and the file's (as merge
-    multiplies: fp64 for a float64 adapter on an fp32 base too)."""
+    multiplies: fp64 for a float64 adapter on an fp32 base too); on a device that holds no float64 (Apple's MPS,
+    where a float64 file's pair moved as it is raised TypeError) in fp32, the pair cast on the host first."""
     acc = torch.promote_types(torch.promote_types(w.dtype, B.dtype), torch.float32)
-    return B.to(w.device, acc) @ A.to(w.device, acc)
+    if acc == torch.float64 and not _holds_float64(w.device):
+        acc = torch.float32
+    return B.to(dtype=acc).to(w.device) @ A.to(dtype=acc).to(w.device)
+
+
+def _holds_float64(device: torch.device) -> bool:
+    """Whether tensors on ``device`` can be float64 (not on Apple's MPS)."""
+    return device.type != "mps"
 
 
 # ---------------------------------------------------------------------------------------------- merged
