@@ -55,9 +55,9 @@ from typing import Any
 
 from mtl_lora_vl.config import reserved_file_name
 from mtl_lora_vl.data.common import ReaderOptionError
-from mtl_lora_vl.data.hf_parquet import joined_splits
 from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split, reader_option_names
 from mtl_lora_vl.data.records import Split
+from mtl_lora_vl.data.split_overlap import shared_parts, split_parts
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
@@ -375,7 +375,7 @@ def _parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
             logger.warning("%s: [data.%s] reads %s, so the %s scores are training scores; give it a file, folder or "
                            "split name of its own", path, split, "the same rows as [data.train] (the same files and "
                            "split names)" if not both else f"rows that [data.train] reads too (the same files; the "
-                           f"split(s) {both}, joined with '+' in one of them)", split)
+                           f"split(s) {both}, whole or in overlapping slices)", split)
     for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
         try:
             check_reader_options(fmt, {**options, **opts})
@@ -401,12 +401,12 @@ def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any
 
 def _shared_parts(shared: dict[str, Any], one: dict[str, Any], train: dict[str, Any]) -> list[str] | None:
     """Whether split table ``one`` reads rows ``train`` reads (``shared``: the [data] table's options): ``[]`` where
-    they choose the same rows; the splits both name where their ``split`` options join splits with ``+`` (as
-    ``datasets`` does: ``train+test`` beside ``test``) and share some; else None."""
+    they choose the same rows; ``one``'s parts that read rows of ``train``'s where their ``split`` options join or
+    slice splits as ``datasets`` does (:func:`~mtl_lora_vl.data.split_overlap.shared_parts`); else None."""
     mine, theirs = _rows_chosen(shared, one), _rows_chosen(shared, train)
-    a, b = ([p.strip() for p in joined_splits(str(d.pop("split", "")))] for d in (mine, theirs))
-    both = [p for p in a if p in b]
-    return None if mine != theirs or not both else [] if set(a) == set(b) else both
+    a, b = (str(d.pop("split", "")) for d in (mine, theirs))
+    both = shared_parts(a, b)
+    return None if mine != theirs or not both else [] if set(split_parts(a)) == set(split_parts(b)) else both
 
 
 def _parse(path: Path, need_train: bool = True) -> TaskSpec:

@@ -1,0 +1,54 @@
+"""Which rows two ``split`` options of a task spec share, told from their names alone: the spec warns where val or
+test reads rows that train reads (:func:`mtl_lora_vl.tasks.spec.load_spec`), before any data is read.
+
+A ``split`` joins splits with ``+`` and may slice each as ``datasets`` does (``train[:90%]``, ``train[100:200]``;
+:mod:`.hf_slices` reads them). Two parts share rows where they name the same split and either is whole, or both slice
+it in the same unit (rows, or percents: rounded alike) counted from its start into ranges that overlap. Rows against
+percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .hf_parquet import joined_splits
+
+__all__ = ["shared_parts", "split_parts"]
+
+#: One part of a split: its name, then maybe a slice ``[from:to]`` (each end rows or a percent) and a rounding.
+_PART = re.compile(r"(?P<name>[^\[\]()]+)(?:\[(?P<lo>-?\d*)(?P<lo_pct>%?):(?P<hi>-?\d*)(?P<hi_pct>%?)\])?(?:\(.*\))?")
+
+
+def split_parts(split: str) -> list[str]:
+    """The parts ``split`` joins with ``+`` (:func:`.hf_parquet.joined_splits`), stripped: ``["train[:10%]", "test"]``
+    for ``"train[:10%] + test"``."""
+    return [p.strip() for p in joined_splits(split)]
+
+
+def _rows(part: str) -> tuple[str, str | None, float, float]:
+    """``part``'s split name, the unit of its slice (``""`` rows, ``"%"``, None: the whole split; ``"?"``: its length
+    decides) and the slice's ends (``[lo, hi)``)."""
+    m = _PART.fullmatch(part)
+    if m is None or m["lo"] is None:
+        return part if m is None else m["name"], None, 0, math.inf
+    units = {u for u, end in ((m["lo_pct"], m["lo"]), (m["hi_pct"], m["hi"])) if end}
+    lo, hi = int(m["lo"] or 0), int(m["hi"]) if m["hi"] else math.inf
+    unit = "?" if len(units) > 1 or lo < 0 or hi < 0 else units.pop() if units else None
+    return m["name"], unit, lo, hi
+
+
+def _overlap(a: tuple[str, str | None, float, float], b: tuple[str, str | None, float, float]) -> bool:
+    if a[0] != b[0] or "?" in (a[1], b[1]):
+        return False
+    if a[1] is None or b[1] is None:   # (a whole split holds every slice's rows)
+        return True
+    return a[1] == b[1] and a[2] < b[3] and b[2] < a[3]
+
+
+def shared_parts(one: str, other: str) -> list[str]:
+    """The parts of split ``one`` (:func:`split_parts`) that read rows split ``other`` reads too, as far as the names
+    tell (module docstring): ``["test"]`` for ``train+test`` beside ``test``, ``["train[:90%]"]`` beside
+    ``train[80%:]``, none beside ``train[90%:]``."""
+    theirs = [_rows(p) for p in split_parts(other)]
+    return [p for p in split_parts(one) if any(_overlap(_rows(p), q) for q in theirs)]

@@ -1,0 +1,48 @@
+"""The task spec's warning where val or test reads rows that train reads, for ``datasets``' split slices
+(``split = "train[:90%]"``): the parts were compared as whole strings, so train ``train[:90%]`` beside val ``train``
+(every row of it) or ``train[80%:]`` (rows 80-90% in both) trained on the scored rows with no warning."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtl_lora_vl.data.split_overlap import shared_parts
+from mtl_lora_vl.tasks.spec import load_spec
+
+SHARED = "[data.test] reads rows that [data.train] reads too (the same files; the split(s) ["
+SAME = "[data.test] reads the same rows as [data.train]"
+
+
+def _warned(tmp_path, caplog, train: str, test: str) -> str:
+    spec = tmp_path / "mine.toml"
+    spec.write_text(f'kind = "vqa"\n[data]\nformat = "hf_datasets"\npath = "d"\n[data.train]\nsplit = "{train}"\n'
+                    f'[data.test]\nsplit = "{test}"\n')
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_spec(spec)
+    return caplog.text
+
+
+@pytest.mark.parametrize(("train", "test"), [("train[:90%]", "train"), ("train[:90%]", "train[80%:]"),
+                                             ("train[:1000]", "train[999:1100]"), ("train", "test+train[:10]"),
+                                             ("train[10:20]+val", "train[:11]"), ("train[:90%]", "train[89%:]")])
+def test_slices_sharing_rows_with_train_are_warned_of(tmp_path, caplog, train, test):
+    assert SHARED in _warned(tmp_path, caplog, train, test)
+
+
+@pytest.mark.parametrize(("train", "test"), [("train[:90%]", "train[90%:]"), ("train[:1000]", "train[1000:]"),
+                                             ("train[:90%]", "test"), ("train[10:20]", "train[:10]+test")])
+def test_slices_of_other_rows_are_not_warned_of(tmp_path, caplog, train, test):
+    assert "[data.test]" not in _warned(tmp_path, caplog, train, test)
+
+
+def test_the_same_slices_read_the_same_rows(tmp_path, caplog):
+    assert SAME in _warned(tmp_path, caplog, "train[:10%]+test", "test + train[:10%]")
+
+
+def test_what_the_names_alone_cannot_tell_is_not_claimed():
+    """Rows against percents, or a slice counted from the end, depend on the split's length."""
+    assert shared_parts("train[:90%]", "train[-100:]") == []
+    assert shared_parts("train[:90%]", "train[:10]") == []
+    assert shared_parts("train[:10]+test", "train[5:]+test") == ["train[:10]", "test"]
+    assert shared_parts("train[:]", "train[5:6]") == ["train[:]"]
