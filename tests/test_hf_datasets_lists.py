@@ -36,15 +36,19 @@ def _png(i: int, size=(20, 16)) -> bytes:
     return buf.getvalue()
 
 
-def _lists(n: int, element=None, colours=None, labels=None) -> datasets.Dataset:
-    """Row i: images of colours i and i + 1 (or ``colours[i]``), as a list column of ``element`` (Image)."""
+def _lists(n: int, element=None, colours=None, labels=None, extra=None) -> datasets.Dataset:
+    """Row i: images of colours i and i + 1 (or ``colours[i]``), as a list column of ``element`` (Image);
+    ``extra`` maps further column names to (values, feature). Built in one ``from_dict`` rather than with
+    ``add_column(..., feature=)``, which datasets < 4.0 lacks (the floor is 2.21)."""
     colours = colours or [(i, i + 1) for i in range(n)]
     labels = [i % 2 == 0 for i in range(n)] if labels is None else labels
+    extra = extra or {}
     return datasets.Dataset.from_dict(
         {"images": [[_png(c) for c in cs] for cs in colours], "sentence": [f"statement {i}" for i in range(n)],
-         "label": labels},
+         "label": labels, **{name: values for name, (values, _) in extra.items()}},
         features=datasets.Features({"images": datasets.Sequence(element or datasets.Image()),
-                                    "sentence": datasets.Value("string"), "label": datasets.Value("bool")}))
+                                    "sentence": datasets.Value("string"), "label": datasets.Value("bool"),
+                                    **{name: feature for name, (_, feature) in extra.items()}}))
 
 
 @pytest.mark.parametrize("element", ["Image", "binary"])
@@ -218,7 +222,8 @@ def test_a_list_of_another_length_than_trainings_is_refused_by_the_nlvr_kind(tmp
 ])
 def test_a_list_column_mapped_as_one_image_or_a_single_column_as_a_list_is_refused(tmp_path, columns, match):
     other = [{"bytes": _png(i), "path": None} for i in range(2)]
-    _lists(2).add_column("other", other, feature=datasets.Image()).save_to_disk(tmp_path / "t")
+    _lists(2, extra={"other": (other, datasets.Image())}).save_to_disk(tmp_path / "t")
+    assert datasets.load_from_disk(str(tmp_path / "t")).features["other"] == datasets.Image()
     with pytest.raises(ValueError, match=match):
         read_split("hf_datasets", tmp_path, path="t", columns=columns)
 

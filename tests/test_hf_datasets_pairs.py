@@ -36,17 +36,21 @@ def _png(i: int) -> bytes:
     return buf.getvalue()
 
 
-def _pairs(n: int, labels=None, image=None, label_feature=None, colours=None) -> datasets.Dataset:
+def _pairs(n: int, labels=None, image=None, label_feature=None, colours=None, extra=None) -> datasets.Dataset:
     """Row i: left colour i, right colour i + 1 unless ``colours`` gives each row's (left, right); images as
-    ``datasets.Image`` unless ``image`` says otherwise."""
+    ``datasets.Image`` unless ``image`` says otherwise; ``extra`` maps further column names to (values, feature).
+    Built in one ``from_dict`` rather than with ``add_column(..., feature=)``, which datasets < 4.0 lacks."""
     image = image or datasets.Image()
     labels = [i % 2 == 0 for i in range(n)] if labels is None else labels
     colours = colours or [(i, i + 1) for i in range(n)]
+    extra = extra or {}
     return datasets.Dataset.from_dict(
         {"left_image": [_png(a) for a, _ in colours], "right_image": [_png(b) for _, b in colours],
-         "sentence": [f"statement {i}" for i in range(n)], "label": labels},
+         "sentence": [f"statement {i}" for i in range(n)], "label": labels,
+         **{name: values for name, (values, _) in extra.items()}},
         features=datasets.Features({"left_image": image, "right_image": image, "sentence": datasets.Value("string"),
-                                    "label": label_feature or datasets.Value("bool")}))
+                                    "label": label_feature or datasets.Value("bool"),
+                                    **{name: feature for name, (_, feature) in extra.items()}}))
 
 
 @pytest.mark.parametrize("image", ["Image", "binary"])
@@ -187,7 +191,7 @@ def test_nlvr_task_on_a_hf_table_trains_and_evaluates_through_the_command(tmp_pa
 
     data = tmp_path / "data"
     qtypes = datasets.Value("string")
-    train = _pairs(6).add_column("kind", [["a", "b"][i % 2] for i in range(6)], feature=qtypes)
+    train = _pairs(6, extra={"kind": ([["a", "b"][i % 2] for i in range(6)], qtypes)})
     datasets.DatasetDict({"train": train, "validation": train.select(range(4))}).save_to_disk(data / "nlvr2")
     spec = tmp_path / "pairs.toml"
     spec.write_text('name = "pairs"\nkind = "nlvr"\n[data]\nformat = "hf_datasets"\npath = "nlvr2"\n'
