@@ -3,7 +3,9 @@ dict (IndexError), so the reader loads the asked split alone and refuses an empt
 
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -22,6 +24,25 @@ def _captions(n: int) -> datasets.Dataset:
                                        "caption": [f"picture {i}" for i in range(n)]}, features=FEATURES)
 
 
+def _as_saved_with_no_rows(folder: Path) -> Path:
+    """``folder``, a no-row ``Dataset`` saved with ``num_shards=1`` (one data file of no rows, which every release
+    can write), made what ``datasets`` 5.x's own ``save_to_disk`` writes for no rows: no data file and
+    ``"_data_files": []`` in state.json -- the layout ``load_from_disk`` fails on. datasets 2.21.0 (the floor) to
+    4.0.0 cannot write that layout: their ``save_to_disk`` of no rows with an ``Image`` column divides by zero
+    (``_estimate_nbytes``). ``test_the_no_row_layout_made_here_is_what_datasets_writes`` checks the two agree."""
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    for entry in state["_data_files"]:
+        (folder / entry["filename"]).unlink()
+    state["_data_files"] = []
+    (folder / "state.json").write_text(json.dumps(state, indent=2), encoding="utf-8")
+    return folder
+
+
+def _saved(dataset, folder: Path, **kw) -> Path:
+    dataset.save_to_disk(str(folder), **kw)
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def _quiet():
     from datasets.utils.logging import disable_progress_bar
@@ -30,7 +51,9 @@ def _quiet():
 
 
 def test_a_split_saved_empty_beside_others_leaves_the_others_readable(tmp_path):
-    datasets.DatasetDict({"train": _captions(3), "test": _captions(0)}).save_to_disk(tmp_path / "ds")
+    datasets.DatasetDict({"train": _captions(3), "test": _captions(0)}).save_to_disk(tmp_path / "ds",
+                                                                                      num_shards={"test": 1})
+    _as_saved_with_no_rows(tmp_path / "ds" / "test")
     train = read_split("hf_datasets", tmp_path, path="ds", split="train")   # was: IndexError from datasets
     assert sorted(c for e in train.examples for c in e.captions) == ["picture 0", "picture 1", "picture 2"]
     with pytest.raises(DataFormatError, match=r"ds: split 'test' was saved with no rows; .*give a split that has "
@@ -39,10 +62,25 @@ def test_a_split_saved_empty_beside_others_leaves_the_others_readable(tmp_path):
 
 
 def test_a_lone_dataset_saved_empty_is_named(tmp_path):
-    _captions(0).save_to_disk(tmp_path / "empty")
+    _as_saved_with_no_rows(_saved(_captions(0), tmp_path / "empty", num_shards=1))
     with pytest.raises(DataFormatError, match=r"hf_datasets \S*empty was saved with no rows; give a split that "
                                               r"has rows"):
         read_split("hf_datasets", tmp_path, path="empty")
+
+
+def test_the_no_row_layout_made_here_is_what_datasets_writes(tmp_path):
+    made = _as_saved_with_no_rows(_saved(_captions(0), tmp_path / "made", num_shards=1))
+    try:
+        _captions(0).save_to_disk(tmp_path / "real")
+    except ZeroDivisionError:   # datasets 2.21.0 to 4.0.0 at least: _estimate_nbytes divides by the 0 rows
+        pytest.skip(f"datasets {datasets.__version__} cannot save_to_disk a Dataset of no rows with an Image column "
+                    "(ZeroDivisionError); 5.x writes the layout this checks")
+    real = tmp_path / "real"
+    assert sorted(f.name for f in made.iterdir()) == sorted(f.name for f in real.iterdir())
+    for name in ("state.json", "dataset_info.json"):
+        assert json.loads((made / name).read_text()) == json.loads((real / name).read_text()), name
+    with pytest.raises(IndexError):   # what the reader's own message replaces
+        datasets.load_from_disk(str(real))
 
 
 def test_a_listed_split_whose_folder_is_missing_leaves_the_others_readable(tmp_path):
