@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 
 _PLAIN = (str, int, float, bool, type(None), list, dict)
+#: What a file or split of no rows is told (a CSV of its header only, an empty JSONL, a saved split of empty files).
+NO_ROWS = "no rows; give a file or split that has rows, or leave that split out of the task spec"
 
 
 def _present(value: Any) -> bool:
@@ -142,7 +144,7 @@ def examples_from_rows(
     ``check`` tests it; rows of the same image are grouped for captions.
     """
     if not rows:
-        raise DataFormatError(f"{source}: no rows")
+        raise DataFormatError(f"{source}: {NO_ROWS}")
     # a pandas table's label cell is a numpy scalar (np.int64 of an Int64 column, np.bool_): read as its Python value
     rows = [(n, {**row, "label": plain(row["label"])}) if "label" in row and type(row["label"]) not in _PLAIN
             else (n, row) for n, row in rows]
@@ -398,7 +400,7 @@ def examples_from_rows(
 def _read_file_rows(fmt: str, rows: list[tuple[int, dict]], path: Path, root: Path, images: str,
                     class_names: list[str] | None, one_per_image: bool, strict: bool, verify: bool | str) -> Split:
     if not rows:
-        raise DataFormatError(f"{path}: no rows")
+        raise DataFormatError(f"{path}: {NO_ROWS}")
 
     def image_of(row: dict) -> Path:
         if not isinstance(row["image"], str):   # 7 would be looked for as the file "7"
