@@ -108,11 +108,14 @@ def transformers_bars(show: bool) -> Iterator[None]:
     """transformers' own progress bars ("Loading weights", save_pretrained's "Writing model shards") as the
     package's, for the calls in the block: pass ``not quiet() and interactive()``, off at ``-q`` and off a terminal.
     Both switches are put back as they were: transformers' turns huggingface_hub's on and off with it, and
-    turning it back on cleared the hub's per-group settings (and warned under ``HF_HUB_DISABLE_PROGRESS_BARS``)."""
+    turning it back on cleared the hub's per-group settings (and warned under ``HF_HUB_DISABLE_PROGRESS_BARS``).
+    Under ``HF_HUB_DISABLE_PROGRESS_BARS=0`` (bars asked for everywhere, which the hub's switch refuses to turn off)
+    they are left on: turning them off warned "Cannot disable progress bars" on every load and export."""
     from transformers.utils import logging as hf_logging
 
     hub = importlib.import_module("huggingface_hub.utils.tqdm")
     was, hub_was = hf_logging.is_progress_bar_enabled(), dict(hub.progress_bar_states)
+    show = show or hub.HF_HUB_DISABLE_PROGRESS_BARS is False
     if not show:
         hf_logging.disable_progress_bar()
     try:
