@@ -202,8 +202,8 @@ class Qwen2VLBackbone(HFVLMBackbone):
     @classmethod
     def processor_area(cls, folder: Path) -> tuple[int, int] | None:
         """The ``(min_pixels, max_pixels)`` the image processor in ``folder`` reads within as transformers loads it
-        (``min_pixels`` / ``max_pixels`` in its files, else ``size``; uncapped); None where that is not known: no
-        readable image processor, or one that leaves a bound to transformers' defaults."""
+        (``min_pixels`` / ``max_pixels`` in its files, else ``size``, else transformers' defaults; uncapped); None
+        where that is not known: no readable image processor, or one that reads without a bound."""
         from transformers import AutoImageProcessor
 
         try:
