@@ -1,15 +1,22 @@
 """The exit status of a training run stopped by signals inside the loop names the signal that asked for the stop (the
 first): a SIGTERM after it changes neither the clean stop nor the status, and only a Ctrl-C after it escalates (an
 abort, 130). Each case runs in a child process with the two signals as from a terminal, through the commands'
-``run_command`` (what turns ``RunStopped`` into the status); the child imports no torch."""
+``run_command`` (what turns ``RunStopped`` into the status); the child imports no torch. A SIGTERM in the clean-up
+after such a stop (outside the loop) leaves its status too."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from mtl_lora_vl.cli.commands import run_command
+from mtl_lora_vl.training import train as train_module
+from mtl_lora_vl.training.stopping import RunStopped
 
 # The loop's part: the signals come inside stop_at_step_boundary, then the loop raises RunStopped with what the
 # request recorded (train.py, one process: max_over_ranks of one rank is its own signal).
@@ -50,3 +57,32 @@ def test_the_exit_status_names_the_signal_that_asked_for_the_stop(tmp_path, sign
     stops = [x.split(": stopping")[0].split()[-1] for x in out.stderr.splitlines() if "stopping after this step" in x]
     assert stops == [line], out.stderr
     assert out.stdout.split() == ["False"], out.stdout + out.stderr   # (no torch: quick)
+
+
+def _stopped_then_terminated(first: BaseException):
+    """A ``_train`` stopped by ``first`` whose clean-up (``finally``: the loader, the run's lock, the process group)
+    is cut into by a SIGTERM, as a scheduler's after the user's Ctrl-C."""
+    def stopped(opts, given):  # noqa: ARG001
+        try:
+            raise first
+        finally:   # (never SIGTERM's default here: it would end pytest)
+            assert callable(signal.getsignal(signal.SIGTERM)), "train() no longer handles SIGTERM"
+            signal.raise_signal(signal.SIGTERM)
+    return stopped
+
+
+@pytest.mark.parametrize("first, status", [
+    (RunStopped(Path("run"), 3, signal.SIGINT), 130),   # was 143: a Ctrl-C's clean stop, the SIGTERM in its clean-up
+    (KeyboardInterrupt(), 130),                          # was 143: a Ctrl-C in the final evaluation, then a SIGTERM
+    (RunStopped(Path("run"), 3, signal.SIGTERM), 143),
+    (ValueError("a failed set-up"), 143),                # an error is not a stop: the SIGTERM ends the run as before
+], ids=["INT-stop-TERM", "INT-abort-TERM", "TERM-stop-TERM", "error-TERM"])
+def test_a_sigterm_in_the_clean_up_of_a_stop_leaves_its_status(monkeypatch, first, status):
+    """Helper 519: inside the loop a SIGTERM after a Ctrl-C changed nothing (exit 130), but outside it, in the run's
+    clean-up after that stop (``_train``'s ``finally``, under ``terminate_raises``), the same SIGTERM raised
+    Terminated over the RunStopped or KeyboardInterrupt and the command exited 143, a wrapper requeueing the run its
+    user had stopped. Now the stop it cut into goes on, with its status."""
+    monkeypatch.setattr(train_module, "_train", _stopped_then_terminated(first))
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_command("warning", train_module.train, None) == status
+    assert signal.getsignal(signal.SIGTERM) == before   # (the handler put back)

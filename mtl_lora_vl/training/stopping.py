@@ -12,7 +12,7 @@ from pathlib import Path
 from ..log import rank_prefix
 from ..signal_handlers import handlers_set
 
-__all__ = ["RunStopped", "StopRequest", "Terminated", "stop_at_step_boundary", "stop_signals_ignored",
+__all__ = ["RunStopped", "StopRequest", "Terminated", "first_stop", "stop_at_step_boundary", "stop_signals_ignored",
            "terminate_raises"]
 
 logger = logging.getLogger(__name__)
@@ -97,9 +97,29 @@ def _raise_terminated(signum: int, frame: object) -> None:  # noqa: ARG001
 def terminate_raises() -> Iterator[None]:
     """While open (main thread), SIGTERM raises :class:`Terminated` instead of killing the process at once: the
     run's clean-up runs. Under torchrun a rank that fails gets the others SIGTERMed; rank 0, killed outright, left
-    the run ``--overwrite`` replaced set aside in ``.RUN.replaced``, the new run's directory in its place."""
+    the run ``--overwrite`` replaced set aside in ``.RUN.replaced``, the new run's directory in its place.
+
+    A SIGTERM during the clean-up of a stop (:class:`RunStopped`, or a Ctrl-C's ``KeyboardInterrupt``: a scheduler's
+    SIGTERM after the user's Ctrl-C) changes nothing, as in the loop: the stop goes on as the first signal asked, and
+    the command exits with its status (130), not SIGTERM's."""
     with handlers_set({signal.SIGTERM: _raise_terminated}):
-        yield
+        try:
+            yield
+        except Terminated as e:
+            first = first_stop(e)
+            if first is e:
+                raise
+            raise first from None
+
+
+def first_stop(error: BaseException) -> BaseException:
+    """The stop ``error`` (a :class:`Terminated`) cut into: the oldest of the stops (:class:`RunStopped`,
+    ``KeyboardInterrupt``) it was raised during the handling of, one after the other; ``error`` itself where it was
+    raised during none (or during an error's clean-up: that error is not a stop)."""
+    first, before = error, error.__context__
+    while isinstance(before, (RunStopped, KeyboardInterrupt)):
+        first, before = before, before.__context__
+    return first
 
 
 @contextlib.contextmanager
