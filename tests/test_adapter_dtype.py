@@ -140,3 +140,23 @@ def test_a_float64_adapter_saves_loads_merges_and_exports_in_float64(tmp_path, c
     with torch.no_grad():
         torch.testing.assert_close(merged(x), routed, atol=1e-12, rtol=0)
         torch.testing.assert_close(folded(x), routed, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["mtl_lora", "task_lora", "moe_lora"])
+def test_a_float64_adapters_added_task_is_drawn_in_float64(method):
+    """Helper 519: ``add_task`` on float64 adapters drew the new task's random rows (w_t, task_lora's A_t) in fp32 and
+    widened them, so every one of their values was an fp32 number, where attach draws a float64 adapter's in float64
+    ("initialised as at construction"). Now drawn in the adapter's dtype; the old rows are kept as they were."""
+    kw = {} if method == "task_lora" else {"n_up": 2}
+    cfg = mlv.MTLLoRAConfig(tasks=TASKS, r=3, method=method, targets={"image": [r"^\d$"]}, **kw)
+    model = mlv.attach(_base(), cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora" in n}
+    torch.manual_seed(2)
+    mlv.add_task(model, "d")
+    drawn = {n: p for n, p in model.named_parameters() if n.endswith(("lora_w", "lora_A")) and p.shape[0] == 4}
+    assert drawn, "no grown per-task random rows"
+    for n, p in drawn.items():
+        assert p.dtype == torch.float64
+        new = p.detach()[3]
+        assert (new.float().double() != new).any(), f"{n}: the new task's row holds fp32 values only"
+        torch.testing.assert_close(p.detach()[:3], before[n], rtol=0, atol=0)

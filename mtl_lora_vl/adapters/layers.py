@@ -174,16 +174,17 @@ class AdapterBank(nn.Module):
         first = not self._n_frozen
         for name in names:
             old = getattr(self, name).detach()
+            dd = {"device": dev, "dtype": adapter_dtype(old.dtype)}   # drawn as attach draws them: float64 ones too
             if name == "lora_lambda":
-                row = torch.eye(r, device=dev) if self.lambda_type == "full" else torch.ones(r, device=dev)
+                row = torch.eye(r, **dd) if self.lambda_type == "full" else torch.ones(r, **dd)
                 rows = row.expand(n_new, *row.shape)
             elif name == "lora_w":
                 bound = 1.0 / math.sqrt(old.shape[1])
-                rows = torch.empty(n_new, old.shape[1], device=dev).uniform_(-bound, bound)
+                rows = torch.empty(n_new, old.shape[1], **dd).uniform_(-bound, bound)
             elif name == "lora_A":
-                rows = torch.stack([_kaiming(r, self.d_in, dev) for _ in range(n_new)])
+                rows = torch.stack([_kaiming(r, self.d_in, **dd) for _ in range(n_new)])
             else:  # task_lora's lora_B
-                rows = torch.zeros(n_new, *old.shape[1:], device=dev)
+                rows = torch.zeros(n_new, *old.shape[1:], **dd)
             if first:
                 self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
             param = nn.Parameter(torch.cat([old, rows.to(old.dtype)]))
