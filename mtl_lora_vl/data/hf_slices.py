@@ -49,11 +49,18 @@ def slice_rows(split: str, lengths: dict[str, int], where: str) -> tuple[tuple[i
     from datasets import ReadInstruction
 
     try:
-        chosen = ReadInstruction.from_spec(split).to_absolute(lengths)
+        instruction = ReadInstruction.from_spec(split)
     except (ValueError, AssertionError) as e:   # (its parse errors: ValueError; a bad rounding: AssertionError)
         raise ValueError(f"{where}: split {split!r} is not datasets' split syntax ({e}); write each split as "
                          "name[start:end], the ends rows (negative: from the end) or percents, e.g. split = "
                          "\"train[:10%]\", \"train[100:200]\" or \"train[:1000]+test[:10]\"") from None
+    try:   # (well written, and refused by datasets for these rows: pct1_dropremainder on under 100 rows)
+        chosen = instruction.to_absolute(lengths)
+    except (ValueError, AssertionError) as e:
+        rows = ", ".join(f"{name!r}: {n:,}" for name, n in lengths.items())
+        raise ValueError(f"{where}: datasets cannot read split {split!r} from these rows ({e}; rows: {rows}); give "
+                         "slices that fit the splits' rows (with the default rounding, closest, where a split has "
+                         "under 100 rows)") from None
     start = dict(zip(lengths, itertools.accumulate(lengths.values(), initial=0)))   # (each split's first row)
     rows = []
     for c in chosen:
