@@ -11,9 +11,9 @@ as ``image_table``::
 
 Each row's ``image_id`` is looked up in the image table's ``key`` column, and the row's image is a lazy reference to
 that row of the image table (loader workers read it from its memory map, as a row's own image is read). The image
-table is read at the rows' split (``split`` in ``image_table`` where it is named otherwise; one parquet file or one
-saved ``Dataset`` is read whole), from the same data root and ``cache_dir``; ``image`` names its image column where it
-has several. Used by :func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
+table is read at the rows' split, their slices left out (``split`` in ``image_table`` where it is named otherwise,
+unsliced; one parquet file or one saved ``Dataset`` is read whole), from the same data root and ``cache_dir``;
+``image`` names its image column where it has several. Used by :func:`mtl_lora_vl.data.hf_datasets.read_hf_datasets`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import difflib
 from typing import Any
 
 from .common import DataFormatError, ReaderOptionError
+from .hf_slices import is_sliced, unsliced
 from .hf_table import is_image_feature
 from .row_keys import no_id
 
@@ -57,6 +58,13 @@ def check_image_table(image_table: Any, columns: Any) -> None:
     if blank:
         raise ReaderOptionError(f"option 'image_table': {blank} blank; leave {' and '.join(blank)} out for the "
                                 "default (the table's one image column; the rows' split)")
+    if is_sliced(image_table.get("split")):   # (a slice of it: the rows' images outside it read as "missing")
+        whole = unsliced(image_table["split"])
+        raise ReaderOptionError(f"option 'image_table': split {image_table['split']!r} slices the image table's rows; "
+                                "each row's image is looked up by id in the whole image table, so a slice would "
+                                "leave the images of rows outside it missing: give its split unsliced (split = "
+                                f"\"{whole}\"), and slice the rows' split instead ([data.<split>] split = "
+                                "\"train[:10%]\")")
     if isinstance(columns, dict):
         mapped = [f for f in ("image", "images") if f in columns]
         if mapped:
