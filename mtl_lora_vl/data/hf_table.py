@@ -73,7 +73,9 @@ def held_logs(name: str) -> Iterator[None]:
     in the library's (``datasets`` logged "Failed to read file ... CastError" above the refusal of parquet files of
     different columns, :func:`refuse_mixed_columns`). The logger is as it was after."""
     log = logging.getLogger(name)
-    held, was = _Held(), log.propagate
+    held, was, own = _Held(), log.propagate, list(log.handlers)
+    for handler in own:   # (its own handlers too: they saw each record while held, and again when let out)
+        log.removeHandler(handler)
     log.addHandler(held)
     log.propagate = False
     try:
@@ -83,6 +85,8 @@ def held_logs(name: str) -> Iterator[None]:
         raise
     finally:
         log.removeHandler(held)
+        for handler in own:
+            log.addHandler(handler)
         log.propagate = was
         for record in held.records:
             log.handle(record)
