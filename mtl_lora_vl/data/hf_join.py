@@ -119,6 +119,14 @@ def _image(cell: Any) -> Any:
     return cell
 
 
+def _held(image: Any) -> str:
+    """What an image cell holds (:func:`_image`), as a refusal names it: "no image" for an empty cell, not ``None``."""
+    if image is None:
+        return "holds no image"
+    return (f"holds an encoded image of {len(image)} bytes" if isinstance(image, bytes) else
+            f"holds the path {image!r}" if isinstance(image, str) else f"holds {image!r:.40}")
+
+
 def _refuse_two_images(a: Any, b: Any, rows: tuple[int, int], k: Any, key: str, where: str) -> None:
     """Refuse rows ``rows`` of the image table, whose key ``k`` (column ``key``) is one, where their image cells ``a``
     and ``b`` hold two images (:func:`_image`); the same image twice under its key (a table written with a repeat)
@@ -128,7 +136,7 @@ def _refuse_two_images(a: Any, b: Any, rows: tuple[int, int], k: Any, key: str, 
         return
     how = (f"paths {a!r} and {b!r}" if isinstance(a, str) and isinstance(b, str) else
            f"encoded images of {len(a)} and {len(b)} bytes" if isinstance(a, bytes) and isinstance(b, bytes) else
-           f"{a!r:.40} and {b!r:.40}")
+           f"row {rows[0]} {_held(a)}, row {rows[1]} {_held(b)}")
     raise DataFormatError(f"{where} rows {rows[0]} and {rows[1]}: key {k!r} of column {key!r} names two different "
                           f"images ({how}); an id must name one image of the image table: give it a column of unique "
                           "ids as key, or remove one of the rows")
