@@ -79,7 +79,7 @@ from .hf_images import column_image_rows, list_image_rows
 from .hf_join import EXAMPLE as JOIN_EXAMPLE
 from .hf_join import check_image_table, join_rows
 from .hf_parquet import parquet_files, refuse_joined_saved
-from .hf_slices import is_sliced, parquet_slices, slice_rows, take_rows, unsliced
+from .hf_slices import is_sliced, parquet_slices, slice_rows, split_row, take_rows, unsliced
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -422,8 +422,9 @@ def read_hf_datasets(
             row["label"] = by_name[row["label"]]
         given_id = not no_id(row.get("image_id"))   # (NaN: a pandas table's blank cell, no id)
         if not given_id:   # a made-up id must not collide with the column's real ones ("1"): it would share that image
+            n = split_row(table.rows, i)   # (its split's row number: one id for a row whatever the slice)
             row["image_id"] = (img_path if img_path and not has_bytes
-                               else f"row {i}" if "image_id" in mapping else str(i))
+                               else f"row {n}" if "image_id" in mapping else str(n))
         if has_bytes:
             # Rows of one given image_id share one reference: checked once, grouped for captions.
             ref = DatasetImage(src, image_col, j)
@@ -439,7 +440,8 @@ def read_hf_datasets(
             else:   # no id: rows holding the same encoded image are one image (its captions grouped, one key)
                 first_ref, first = by_bytes.setdefault(digest(j), (ref, i))
                 if first != i:
-                    row["image_id"] = f"row {first}" if "image_id" in mapping else str(first)
+                    n = split_row(table.rows, first)
+                    row["image_id"] = f"row {n}" if "image_id" in mapping else str(n)
             ref = first_ref
             row["image"] = ref
         elif img_path:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import DataFormatError, PathEscapeError, resolve_under
+from .hf_slices import split_row
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -91,7 +92,7 @@ def list_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str,
         value = column[i][j]
         return value["bytes"] if kind == "struct" else value
 
-    return _image_rows(root, ds, mapping, images, source, lambda i: found[i], stored,
+    return _image_rows(root, table, ds, mapping, images, source, lambda i: found[i], stored,
                        lambda i, j: DatasetListImage(table, col, i, j), lambda j: f"column {col!r} position {j}")
 
 
@@ -108,11 +109,11 @@ def column_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[st
         value = arrays.column(cols[j])[i]
         return value["bytes"] if kinds[j] == "struct" else value
 
-    return _image_rows(root, ds, mapping, images, source, lambda i: [f[i] for f in found], stored,
+    return _image_rows(root, table, ds, mapping, images, source, lambda i: [f[i] for f in found], stored,
                        lambda i, j: DatasetImage(table, cols[j], i), lambda j: f"column {cols[j]!r}")
 
 
-def _image_rows(root: Path, ds: Any, mapping: dict[str, Any], images: str, source: str,
+def _image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any], images: str, source: str,
                 cells: Callable[[int], list[tuple[bool, str | None]]], stored: Callable[[int, int], Any],
                 ref: Callable[[int, int], DatasetImage], where: Callable[[int], str]) -> list[tuple[int, dict]]:
     """The rows of several images of either layout: ``cells(i)`` row i's images as (bytes in the table, path);
@@ -159,7 +160,8 @@ def _image_rows(root: Path, ds: Any, mapping: dict[str, Any], images: str, sourc
         elif not any(has for has, _ in items):   # paths: the default id is the paths, as in JSONL
             row["image_id"] = "|".join(str(p) for _, p in items)
         else:   # (a made-up id must not collide with the column's real ones)
-            row["image_id"] = f"row {i}" if "image_id" in mapping else str(i)
+            n = split_row(table.rows, i)   # (its split's row number: one id for a row whatever the slice)
+            row["image_id"] = f"row {n}" if "image_id" in mapping else str(n)
         row["images"] = sources
         rows.append((i, row))
     return rows

@@ -19,7 +19,7 @@ from typing import Any
 
 from .hf_parquet import parquet_files
 
-__all__ = ["is_sliced", "parquet_slices", "slice_names", "slice_rows", "take_rows", "unsliced"]
+__all__ = ["is_sliced", "parquet_slices", "slice_names", "slice_rows", "split_row", "take_rows", "unsliced"]
 
 #: Where a split of the task spec slices rows: a part ``name[...]`` (or ``name[...](rounding)``).
 _SLICE = re.compile(r"[\[(]")
@@ -87,6 +87,17 @@ def take_rows(ds: Any, rows: tuple[tuple[int, int], ...]) -> Any:
 
     parts = [ds.select(range(a, b)) for a, b in rows]
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def split_row(rows: tuple[tuple[int, int], ...], i: int) -> int:
+    """Row ``i`` of a table read as ``rows`` (:func:`slice_rows`; ``()``: every row), numbered as in its splits' rows
+    one after another: what a row's made-up image id is made of, so that a row read by two slices (``train[:60%]``,
+    ``train[50%:]``) has one id, one row key, and the benchmark's check of shared rows sees it."""
+    for a, b in rows:
+        if i < b - a:
+            return a + i
+        i -= b - a
+    return i
 
 
 def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
