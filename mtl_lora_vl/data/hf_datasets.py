@@ -99,7 +99,7 @@ from .hf_table import (
 )
 from .records import Split
 from .row_keys import no_id
-from .rows import examples_from_rows
+from .rows import NO_ROWS, examples_from_rows
 
 FIELDS = ("image", "images", "text", "caption", "captions", "statement", "question", "answers", "label", "image_id",
           "question_type", "question_id", "filter_type", "group")
@@ -146,6 +146,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
         table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None)
     else:
         files, lengths = parquet_slices(base, spec, path) if is_sliced(spec) else (parquet_files(base, split, path), {})
+        files = _with_rows(files, f"{path}" + (f": split {spec!r}" if spec else ""))
         table = DatasetTable("parquet", tuple(files), split, cache_dir)
     table = dataclasses.replace(table, stamp=files_stamp(table.files()))
     ds = _open_whole(table, base)
@@ -154,6 +155,18 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     rows = slice_rows(spec, lengths or {split: len(ds)}, f"hf_datasets {base}")   # (a saved split: its rows)
     table = dataclasses.replace(table, spec=spec, rows=rows)
     return table, take_rows(ds, table.rows)
+
+
+def _with_rows(files: list[str], what: str) -> list[str]:
+    """The parquet ``files`` that hold rows (their footers say): ``datasets``' ``from_parquet`` fails on a file of no
+    rows with a bare DatasetGenerationError (pyarrow's "BatchSize must be greater than 0"), even beside files that
+    have rows; refused, naming ``what``, where none has."""
+    import pyarrow.parquet as pq
+
+    kept = [f for f in files if pq.read_metadata(f).num_rows]
+    if not kept:
+        raise DataFormatError(f"hf_datasets {what}: its parquet file(s) hold {NO_ROWS}")
+    return kept
 
 
 def _open_whole(table: DatasetTable, base: Path) -> Any:
