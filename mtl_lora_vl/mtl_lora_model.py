@@ -19,12 +19,12 @@ from torch import nn
 
 from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge, whole_model
 from .adapters.attention import LoRAMultiheadAttention
-from .adapters.compiled import unwatch_compiled, watch_in_place
+from .adapters.compiled import compiled_call_running, skip_top_frame, unwatch_compiled, watch_in_place
 from .adapters.generation import uninstall_routed_generate
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank, LoRALinear
 from .adapters.routing import RoutingError, check_module, find_router
-from .adapters.scopes import MustEnter, disabled, route
+from .adapters.scopes import EagerScope, disabled, named, route
 from .backbones.image_record import forget_loaded
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
@@ -206,7 +206,7 @@ class MTLLoRAModel(nn.Module):
         ``torch.compile(model)`` wrapper cannot be seen from here: route it by ``mlv.route(compiled, tasks)``."""
         self._check_adapted()
         self._watch_in_place(routed=True)
-        return _named(route(self.base_model, tasks, recompute=recompute), "model.route(tasks)")
+        return named(route(self.base_model, tasks, recompute=recompute), "model.route(tasks)")
 
     def disable_adapters(self) -> AbstractContextManager:
         """Context manager: the base model without adapters inside (zero-shot); PEFT's ``disable_adapter``.
@@ -215,7 +215,7 @@ class MTLLoRAModel(nn.Module):
         :meth:`route`'s."""
         self._check_adapted()
         self._watch_in_place(routed=False)
-        return _named(disabled(self.base_model), "model.disable_adapters()")
+        return named(disabled(self.base_model), "model.disable_adapters()")
 
     disable_adapter = disable_adapters  # PEFT's spelling
 
@@ -372,10 +372,23 @@ class MTLLoRAModel(nn.Module):
             self._check_adapted()
         return nullcontext() if chosen is None else route(self.base_model, chosen)
 
+    @torch.compiler.disable   # (Dynamo would convert it as a frame of its own: see forward)
+    def _routed_eagerly(self, tasks: TaskSpec | None, adapter_names: Sequence[str] | None) -> AbstractContextManager:
+        return EagerScope(self._routed(tasks, adapter_names), find_router(self._modules["base_model"]))
+
+    #: The module whose forward Dynamo converts where this wrapper is compiled (its own runs eagerly: see forward).
+    compiled_submodule = "base_model"
+
     def forward(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
                 **kwargs: Any) -> Any:
-        """The base model's forward; ``tasks`` (or PEFT's ``adapter_names``) routes it like ``route``."""
-        with self._routed(tasks, adapter_names):
+        """The base model's forward; ``tasks`` (or PEFT's ``adapter_names``) routes it like ``route``. Compiled, this
+        frame runs eagerly and the base model's is compiled (:func:`skip_top_frame`): the route is set up outside the
+        graph, a graph per set of tasks, not per list, and a tensor of ids breaks none. Inside another module's
+        compiled forward it is traced, a graph per list (Dynamo guards on its values)."""
+        if tasks is None and adapter_names is None:
+            return self.base_model(*args, **kwargs)
+        eager = torch.compiler.is_compiling() or not compiled_call_running()   # (else a compiled call's top frame)
+        with self._routed(tasks, adapter_names) if eager else self._routed_eagerly(tasks, adapter_names):
             return self.base_model(*args, **kwargs)
 
     def generate(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
@@ -398,6 +411,9 @@ class MTLLoRAModel(nn.Module):
             return getattr(self.base_model, name)
 
 
+skip_top_frame(MTLLoRAModel.forward)
+
+
 class _SavedState:
     """A task kind's saved vocabulary (``tasks/<task>.state.json``) in the shape ``save_adapter`` writes."""
 
@@ -415,13 +431,6 @@ class _NoSuchAttribute(AttributeError):
 def _no_such(peft_name: str, instead: str) -> RuntimeError:
     # For PEFT's methods, called rather than probed (attributes get _NoSuchAttribute, which hasattr reads as absent).
     return RuntimeError(f"MTLLoRAModel has no PEFT-style {peft_name}: {instead}")
-
-
-def _named(scope: AbstractContextManager, call: str) -> AbstractContextManager:
-    """``scope`` (from ``route`` / ``disabled``), its warning when dropped unentered naming ``call``."""
-    if isinstance(scope, MustEnter):
-        scope.call = call
-    return scope
 
 
 # ---------------------------------------------------------------------------------------------- unloading

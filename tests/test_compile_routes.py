@@ -604,12 +604,12 @@ def test_a_model_wrapper_compiled_in_place_is_watched_by_its_own_scopes(recompil
 
 
 @pytest.mark.parametrize("in_place", [False, True])
-def test_calls_given_their_tasks_count_a_graph_per_value(recompile_limit_3, in_place):
-    """``model(x, tasks=[...])`` routes inside the compiled forward, where no scope watches the model, and Dynamo
-    guards on each name of the list (a graph per list: ``["vqa", "retrieval"]`` and ``["retrieval", "vqa"]`` two):
-    3 lists compiled 3 graphs (the limit) with none counted, no warning (compiled in place; a torch.compile wrapper
-    watched by a scope: its pre-hook did not see keywords). Such a call now notes its value; ``model.compile()``
-    watches the model from its first call."""
+def test_calls_given_their_tasks_count_a_graph_per_set(recompile_limit_3, in_place):
+    """``model(x, tasks=[...])`` routes itself, where no scope watches the model: 3 graphs (the limit) were compiled
+    with none counted, no warning (compiled in place; a torch.compile wrapper watched by a scope: its pre-hook did not
+    see keywords). Such a call is now noted as its route's set of tasks, the graph it compiles (its forward runs
+    eagerly, the route made outside the graph: a graph per set, not per list, test_compile_tasks_arg.py): two lists of
+    one set, then two more sets by ``adapter_names=`` and a tensor, are 3 graphs, counted, warned of at the third."""
     net = _counted()
     model = MTLLoRAModel(net)
     if in_place:
@@ -623,12 +623,12 @@ def test_calls_given_their_tasks_count_a_graph_per_value(recompile_limit_3, in_p
                 pass
         for tasks in (["vqa", "retrieval"], ["vqa", "retrieval"], ["retrieval", "vqa"]):
             compiled(x, tasks=tasks)
-        assert not _limit_warnings(caught)
         compiled(x, adapter_names=["vqa", "vqa"])
+        assert not _limit_warnings(caught)
+        compiled(x, tasks=torch.tensor([2, 2]))
     assert counters["stats"]["unique_graphs"] == 3
     assert len(_limit_warnings(caught)) == 1
-    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {
-        ("tasks=", "vqa", "retrieval"), ("tasks=", "retrieval", "vqa"), ("tasks=", "vqa", "vqa")}
+    assert {p for p, _ in net._mtl_lora.router.compiled_task_sets} == {(0, 1), (0,), (2,)}
 
 
 def test_compile_of_a_wrapper_whose_adapters_the_function_unload_took_out_compiles():

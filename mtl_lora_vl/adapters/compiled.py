@@ -21,6 +21,7 @@ import weakref
 from typing import Any
 
 import torch
+import torch._dynamo
 from torch import nn
 
 from ..log import warn_user
@@ -35,6 +36,22 @@ _WATCHES = "compiled_watches"
 #: Dynamo's cache entries (graphs) of a code object, where this torch has the (private) function.
 _CACHE_ENTRIES = getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None),
                          "_debug_get_cache_entry_list", None)
+#: Dynamo's frame callback now: set (truthy) in the frames a compiled call runs eagerly, None in eager code; always
+#: None where this torch lacks the (private) function. A C call: no frame of its own for Dynamo to convert.
+compiled_call_running = getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None),
+                                "get_eval_frame_callback", lambda: None)
+
+
+def skip_top_frame(function: Any) -> None:
+    """Make Dynamo run ``function``'s frame eagerly where it is the top frame of a compiled call (``torch.compile(m)``
+    / ``m.compile()`` of a module whose ``forward`` it is), converting the frames it calls as frames of their own;
+    inlined into a frame Dynamo traces (another module's compiled forward) it is traced as any function, with no
+    graph break (``torch.compiler.disable(recursive=False)`` would break there). ``MTLLoRAModel.forward``: a call's own
+    tasks are routed outside the graph, as by a scope around the compiled call. Nothing where this torch lacks the
+    (private) ``torch._dynamo.eval_frame.skip_code``: the frame is traced, a graph per list of tasks, as before."""
+    skip = getattr(getattr(getattr(torch, "_dynamo", None), "eval_frame", None), "skip_code", None)
+    if skip is not None:
+        skip(function.__code__)
 
 
 def compiled_entry(model: nn.Module | Router) -> tuple[nn.Module, nn.Module] | None:
@@ -147,55 +164,60 @@ class _WatchedCall:
 
     def __init__(self, impl: Any, router: Router, model: nn.Module):
         self.impl, self.router, self.model = impl, router, model
-        self.code = getattr(getattr(model, "forward", None), "__code__", None)   # the frame Dynamo converts
+        traced = model._modules.get(getattr(type(model), "compiled_submodule", ""), model)   # (MTLLoRAModel's)
+        self.code = getattr(getattr(traced, "forward", None), "__code__", None)   # the frame Dynamo converts
         self.seen = _watches(router).seen
         self.keywords = getattr(type(model), "route_keywords", ())   # a call's own tasks (MTLLoRAModel's tasks=)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.before(None, args, kwargs)
+        args, kwargs = self.before(None, args, kwargs) or (args, kwargs)
         return self.impl(*args, **kwargs)
 
-    def before(self, _module: nn.Module | None, args: tuple, kwargs: dict | None = None) -> None:
+    def before(self, _module: nn.Module | None, args: tuple, kwargs: dict | None = None) -> tuple[tuple, dict] | None:
         """Note the set of present tasks this call routes, in the mode it runs in (a forward pre-hook). Under
         ``disabled`` no task's adapters run: the empty set, in a mode of each depth of nested ``disabled`` scopes (the
         router's count, which Dynamo guards on). A model that routes each batch itself compiles a graph
         per batch's set with a scope open around it or not (its scope restores the outer route, or runs disabled):
         the scopes open around it (route, disabled, both) count as a mode more. A call given its tasks
-        (``model(x, tasks=[...])``, one of the model's ``route_keywords``) routes itself too (:func:`_call_tasks`)."""
+        (``model(x, tasks=[...])``, one of the model's ``route_keywords``) is routed as a scope around it would be
+        (the model's forward, which opens its route, runs eagerly: :func:`skip_top_frame`): its route is made here
+        and given to the call in their place (:func:`_call_route`), the ids read to the host once."""
         if torch.compiler.is_compiling():
-            return
+            return None
         router = self.router
         if self.code is not None:
             _forget_if_reset(router, self.code, self.seen)
-        present = _call_tasks(kwargs, self.keywords) if kwargs and self.keywords else None
-        if present is None and args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch
+        called = _call_route(kwargs, self.keywords, router) if kwargs and self.keywords else None
+        if called is not None:
+            key, r = called
+            if router.disabled:   # (the call's own route is ignored, as under a disabled scope)
+                note_compiled_tasks(router, (), compiled_mode(self.model) + ("disabled",) * router.disabled)
+            else:
+                note_compiled_tasks(router, r.present, compiled_mode(self.model))
+            return args, {**kwargs, key: r}
+        if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
-        if present is not None:   # the model routes this call itself
             outer = ("disabled",) * router.disabled + ("routed",) * (router.current is not None)
             note_compiled_tasks(router, present, compiled_mode(self.model) + outer)
-            return
-        if router.disabled:   # Dynamo guards on the depth of nested disabled scopes: a graph per depth
+        elif router.disabled:   # Dynamo guards on the depth of nested disabled scopes: a graph per depth
             note_compiled_tasks(router, (), compiled_mode(self.model) + ("disabled",) * router.disabled)
         elif router.current is not None:
             note_compiled_tasks(router, router.current.present, compiled_mode(self.model))
+        return None
 
 
-def _call_tasks(kwargs: dict, keywords: tuple[str, ...]) -> tuple | None:
-    """What a compiled call given its own tasks (``keywords``: ``tasks=`` / ``adapter_names=``) compiles a graph
-    per, or None where it was given none. Names, ids and lists of them are constants of the graph, which Dynamo
-    guards on one by one: a graph per value (``["a", "b"]`` and ``["b", "a"]`` two), the value tagged ``tasks=``.
-    Per-row ids in a tensor break the graph before the route (its ids are read on the host): the frames after it
-    compile a graph per set of present tasks, as a route scope's (read here, a host copy of the ids)."""
-    for key in keywords:
-        value = kwargs.get(key)
-        if value is None:
-            continue
-        if isinstance(value, torch.Tensor):
-            return tuple(sorted({int(t) for t in value.reshape(-1).tolist()}))
-        if isinstance(value, Route):
-            return value.present
-        return ("tasks=", *value) if isinstance(value, (list, tuple)) else ("tasks=", value)
-    return None
+def _call_route(kwargs: dict, keywords: tuple[str, ...], router: Router) -> tuple[str, Route] | None:
+    """(The keyword, the route) of a compiled call given its own tasks by one of ``keywords`` (``tasks=`` /
+    ``adapter_names=``): names, ids, a tensor of ids (read to the host here, once) or a Route, made a Route as a scope
+    makes it (a bad value raises the scope's RoutingError). None where the call was given none, or what the call
+    itself refuses with its own message (both keywords, a meta tensor, bytes)."""
+    given = [k for k in keywords if kwargs.get(k) is not None]
+    if len(given) != 1:
+        return None
+    value = kwargs[given[0]]
+    if isinstance(value, (bytes, bytearray)) or (isinstance(value, torch.Tensor) and value.is_meta):
+        return None
+    return given[0], router.make_route(value)
 
 
 def _forget_if_reset(router: Router, code: Any, seen: dict[int, weakref.ref]) -> None:

@@ -283,6 +283,26 @@ def _route(model: nn.Module | Router, tasks: str | int | torch.Tensor | Sequence
             _release(router, held, lambda: _close(router, new, outer), compiling)
 
 
+class EagerScope(AbstractContextManager):
+    """``scope`` (a :func:`route`'s) entered and left with Dynamo off, for the top frame of a compiled call that Dynamo
+    runs eagerly (``MTLLoRAModel.forward`` given its tasks: :func:`~.compiled.skip_top_frame`), where each function
+    called is converted as a frame of its own: the route's set-up (the ids read to the host, the rows' positions) stays
+    outside every graph, as a scope's around the compiled call. The router's layers read the rows' positions from the
+    first call (a graph input), as :func:`~.compiled.watch_routed` makes them for a scope given a compiled model."""
+
+    def __init__(self, scope: AbstractContextManager, router: Router):
+        self.scope = scope
+        router.reads_positions = router.packed_positions = True
+
+    @torch.compiler.disable
+    def __enter__(self) -> Any:
+        return self.scope.__enter__()
+
+    @torch.compiler.disable
+    def __exit__(self, *exc: Any) -> bool | None:
+        return self.scope.__exit__(*exc)
+
+
 @torch.compiler.disable   # called only where the scope really runs (as _claim_now)
 def _scaled_positions(router: Router, r: Route) -> None:
     """Make ahead, on the host, the packed route ``r`` over the rows of each layer that read such a route over other
@@ -391,6 +411,13 @@ class MustEnter(ContextDecorator, AbstractContextManager):
         if not self.__dict__.get("entered", True) and warn_user is not None:   # (None at interpreter shutdown)
             warn_user(f"{self.call} returns a context manager and did nothing (it was never entered): use "
                       f"`with {self.call}:` around {self.around}")
+
+
+def named(scope: AbstractContextManager, call: str) -> AbstractContextManager:
+    """``scope`` (from ``route`` / ``disabled``), its warning when dropped unentered naming ``call`` (a method's)."""
+    if isinstance(scope, MustEnter):
+        scope.call = call
+    return scope
 
 
 def _must_enter(scope: AbstractContextManager, call: str, around: str) -> AbstractContextManager:
