@@ -110,13 +110,16 @@ class Setup:
         return self.eval_data[key]
 
 
-def task_kinds(specs: list[TaskSpec], backbone: Any, data_root: str | None) -> tuple[dict[str, Split], dict[str, Any]]:
+def task_kinds(specs: list[TaskSpec], backbone: Any, data_root: str | None,
+               train_splits: dict[str, Split] | None = None) -> tuple[dict[str, Split], dict[str, Any]]:
     """Each task's training split and kind, built on it (its vocabulary: class names, answer lists); a task the
-    backbone cannot serve is refused before any data is read. (``train``, ``--extend`` and ``eval`` without an
-    adapter build them so.)"""
+    backbone cannot serve is refused before any data is read here. ``train_splits``: the splits if already read
+    (``train`` reads built-in ones before the backbone loads where they may refuse --batch-size). (``train``,
+    ``--extend`` and ``eval`` without an adapter build them so.)"""
     for s in specs:
         get_kind(s.kind).check_backbone(s, backbone)
-    train_splits = {s.name: s.load_split("train", data_root) for s in specs}
+    if train_splits is None:
+        train_splits = {s.name: s.load_split("train", data_root) for s in specs}
     return train_splits, {s.name: build_kind(s, train_splits[s.name], backbone) for s in specs}
 
 
@@ -139,9 +142,11 @@ def check_data_root_read(specs: list[TaskSpec], data_root: str | None, extended:
                         "(.toml) whose [data] reads files under it (README: Tasks)")
 
 
-def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None) -> Setup:
+def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None,
+                train_splits: dict[str, Split] | None = None) -> Setup:
     """Backbone, task specs and kinds, heads (initialised to the zero-shot rule), adapters. ``specs``: the
-    ``--tasks`` specs if already read (else they are read here)."""
+    ``--tasks`` specs if already read (else they are read here); ``train_splits``: their training splits if
+    already read."""
     specs = resolve_tasks(opts.tasks) if specs is None else specs
     if not opts.resume:   # (a resumed run keeps what it started with)
         check_data_root_read(specs, opts.data_root)
@@ -150,7 +155,7 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
                              pretrained_as="--pretrained")
     if opts.grad_checkpointing:
         backbone.set_grad_checkpointing(True)
-    train_splits, kinds = task_kinds(specs, backbone, opts.data_root)
+    train_splits, kinds = task_kinds(specs, backbone, opts.data_root, train_splits)
     heads = nn.ModuleDict({name: kind.build_head(backbone) for name, kind in kinds.items()})
     targets: Any = opts.targets if opts.targets == "default" else json.loads(opts.targets)
     cfg = MTLLoRAConfig(tasks=list(kinds), r=opts.rank, alpha=opts.alpha, n_up=opts.n_up,
@@ -162,11 +167,12 @@ def build_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] 
 
 
 def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec] | None = None,
-                 given_names: Collection[str] | None = None) -> Setup:
+                 given_names: Collection[str] | None = None, train_splits: dict[str, Split] | None = None) -> Setup:
     """A trained adapter plus new tasks: only the new Λ_t, w_t and heads will train (see add_task).
     ``specs``: the new tasks' specs (``--tasks``) if already read; ``given_names``: the options named on the
     command line or in the config file (None: those not at their default), so that an explicit ``--backbone
-    builtin`` is checked against the adapter's base like any other, not taken for the default."""
+    builtin`` is checked against the adapter's base like any other, not taken for the default; ``train_splits``:
+    the new tasks' training splits if already read."""
     new_specs = resolve_tasks(opts.tasks) if specs is None else specs
     src = Path(opts.extend)
     named = ("backbone" in given_names if given_names is not None and not opts.resume
@@ -197,7 +203,7 @@ def extend_setup(opts: TrainOptions, device: torch.device, specs: list[TaskSpec]
     if not opts.resume:   # (a resumed run keeps what it started with)
         check_data_root_read(new_specs, opts.data_root, [lp.specs[t] for t in old], own)
     bb = lp.backbone
-    train_splits, new_kinds = task_kinds(new_specs, bb, opts.data_root)
+    train_splits, new_kinds = task_kinds(new_specs, bb, opts.data_root, train_splits)
     if opts.grad_checkpointing:
         bb.set_grad_checkpointing(True)
     kinds = dict(lp.kinds)

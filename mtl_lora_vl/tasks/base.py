@@ -172,8 +172,8 @@ class TaskKind(ABC):
     @classmethod
     def check_backbone(cls, spec: TaskSpec, backbone: Backbone) -> None:
         """Raise when ``backbone`` cannot serve this kind at all (retrieval without a contrastive text
-        tower, captioning without a decoder). Called at start-up before any data is read, and again when
-        the kind is built; the base accepts every backbone."""
+        tower, captioning without a decoder). Called at start-up before any data is read (but built-in rows
+        ``train`` reads to check --batch-size), and again when the kind is built; the base accepts every backbone."""
         return None
 
     @classmethod

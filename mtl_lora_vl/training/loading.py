@@ -1,15 +1,20 @@
-"""A training run's data loader: the multi-task loader sized for the run, its worker count, and the warnings
-about a --batch-size that does not fit the tasks."""
+"""A training run's data loader: the multi-task loader sized for the run, its worker count, the built-in training rows
+read before the model loads where they may refuse --batch-size, the refusal of a --batch-size larger than the rows, and
+the warnings about a --batch-size that does not fit the tasks."""
 
 from __future__ import annotations
 
 import logging
 
 from ..data.loader import MultiTaskLoader
+from ..data.records import Split
+from ..data.world import DEFAULT_SCENES
 from ..distributed import DistInfo, node_cores
+from ..tasks import TaskSpec
 from .run import Run
 
-__all__ = ["build_loader", "default_workers", "warn_small_batches"]
+__all__ = ["build_loader", "builtin_scenes", "check_batch_fits", "default_workers", "early_train_splits",
+           "warn_small_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +25,39 @@ def default_workers(info: DistInfo) -> int:
     four."""
     cores, local = node_cores(info)
     return max(0, min(4, (cores - local) // local))
+
+
+def early_train_splits(specs: list[TaskSpec], data_root: str | None,
+                       batch_size: int | None) -> dict[str, Split] | None:
+    """The training splits of ``specs`` (the tasks a run trains), read before the model loads where that is cheap and
+    may refuse --batch-size: every task built-in (rows generated in about a second) and --batch-size given and above
+    their scenes (a built-in training split has a row a scene or more, so below that it fits). Else None: they are
+    read once the backbone has loaded and refused a task it cannot serve (reading and checking COCO's images takes
+    minutes), and a --batch-size larger than their rows is refused then (left out, its default is the path's)."""
+    scenes = [builtin_scenes(s) for s in specs]
+    if batch_size is None or not specs or None in scenes or batch_size <= sum(n for n in scenes if n is not None):
+        return None
+    return {s.name: s.load_split("train", data_root) for s in specs}
+
+
+def builtin_scenes(spec: TaskSpec) -> int | None:
+    """The scenes of a built-in task's training split (its ``n``, else the world's default); None for a task read
+    from files, or one whose ``n`` its reading will refuse."""
+    if spec.data.source != "builtin" or "train" not in spec.data.splits:
+        return None
+    n = spec.data.splits["train"].get("n")
+    n = DEFAULT_SCENES.get((spec.data.options.get("world_kind", spec.kind), "train")) if n is None else n
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else None
+
+
+def check_batch_fits(batch_size: int, train_splits: dict[str, Split]) -> None:
+    """Refuse a --batch-size larger than all the training rows: every batch would repeat examples (and
+    100000 rows ran out of memory, unsaid)."""
+    n_train = sum(len(split.examples) for split in train_splits.values())
+    if batch_size > n_train:
+        raise ValueError(f"--batch-size {batch_size}: larger than the training data ({n_train} examples over "
+                         f"the trained tasks {list(train_splits)}), so every batch would repeat examples; give "
+                         f"--batch-size {n_train} or less (--accumulate or more processes: a step repeats them too)")
 
 
 def build_loader(run: Run) -> MultiTaskLoader:

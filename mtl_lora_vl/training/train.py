@@ -69,7 +69,7 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
-from .loading import build_loader, default_workers
+from .loading import build_loader, check_batch_fits, default_workers, early_train_splits
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
@@ -219,8 +219,11 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
                                 "which are not there any more. A resumed run reads them where it recorded them: put "
                                 "the file back there (unchanged), or start a new run")
     seed_everything(opts.seed)
-
-    setup = extend_setup(opts, info.device, specs, given) if opts.extend else build_setup(opts, info.device, specs)
+    early = early_train_splits(specs, opts.data_root, opts.batch_size)   # (an --extend run's: its new tasks)
+    if early is not None:   # before the backbone loads (seconds to minutes)
+        check_batch_fits(opts.batch_size, early)
+    setup = (extend_setup(opts, info.device, specs, given, early) if opts.extend
+             else build_setup(opts, info.device, specs, early))
     if saved is not None:
         moved = moved_folders(run_dir, opts)
         check_inputs_unchanged(saved, setup.inputs, run_dir, opts.data_root, setup.source_data_roots,
@@ -238,6 +241,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     if opts.extend:  # config.json and the adapter record its own shape and base model, which the new tasks take
         opts = extended_options(opts, setup, given)
     opts = opts.with_path_defaults(any(kind.generative for kind in setup.kinds.values()))
+    check_batch_fits(opts.batch_size, setup.train_splits)   # (its default known now; before the evaluation splits)
     read_eval_splits(setup, [opts.eval_split, *(["val"] if opts.eval_every or opts.eval_val else [])], opts.data_root)
     if opts.predictions:
         check_recordable(setup.kinds)
@@ -245,10 +249,6 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
         check_selection_splits(setup.specs, opts.eval_split, info.is_main)
     seed_rank(opts.seed, info.rank)  # every rank builds the same model, then draws its own dropout masks
     n_train = sum(len(split.examples) for split in setup.train_splits.values())
-    if opts.batch_size > n_train:   # each batch would repeat examples (and 100000 rows ran out of memory, unsaid)
-        raise ValueError(f"--batch-size {opts.batch_size}: larger than the training data ({n_train} examples over "
-                         f"the trained tasks {list(setup.train_splits)}), so every batch would repeat examples; give "
-                         f"--batch-size {n_train} or less (--accumulate or more processes: a step repeats them too)")
     if opts.epochs:   # config.json records the steps the epochs come to
         opts = replace(opts, steps=steps_for_epochs(opts.epochs, n_train,
                                                     opts.batch_size * opts.accumulate * info.world_size))
