@@ -93,6 +93,26 @@ TRAIN_TYPOS = [
     (["--lrs", "1e-3,3e-3"], None),                     # was --lr (one number)
     (["--seeds", "3"], None),                           # was --seed: a count of seeds (bench's) is no seed
     (["--n-seeds", "3"], None),                         # was --seed
+    # helper 512: a dataset by its value, a count's "n", the opposite of a --skip- flag, --log-level's values
+    (["--dataset", "vqa.toml"], "--tasks"),             # was --data-root (a spec file is a task)
+    (["--dataset", "vqa,retrieval"], "--tasks"),        # was --data-root
+    (["--dataset-name", "vqa"], "--tasks"),             # was none (Hugging Face's name of a dataset)
+    (["--dataset", "/data/vqav2"], "--data-root"),
+    (["--dataset-dir", "/data/vqav2"], "--data-root"),  # was none
+    (["--image-folder", "/data/coco"], "--data-root"),  # was none (LLaVA's image folder)
+    (["--data-path", "train.json"], None),              # was --data-root, a folder (no flag reads a data file)
+    (["--n-val", "100"], None),                         # was --n-up, the number of up-projections
+    (["--eval", "val"], "--eval-split"),
+    (["--eval", "100"], "--eval-every"),
+    (["--eval"], "--eval-val"),                         # the one switch that adds an evaluation (the end's is there)
+    (["--do-eval"], "--eval-val"),                      # Hugging Face's: evaluate on the validation split
+    (["--zero-shot"], None),                            # was --skip-zero-shot, the opposite
+    (["--zeroshot"], None),                             # was --skip-zero-shot
+    (["--no-zero-shot"], "--skip-zero-shot"),           # was --no-skip-zero-shot (zero-shot on: the opposite)
+    (["--skip-compile"], "--no-compile"),               # was none
+    (["--log-dir", "runs/x"], None),                    # was --log-level (a level name)
+    (["--cpu"], "--device cpu"),                        # was none
+    (["--gpu", "1"], "--device cuda:1"),                # was none
 ]
 
 
@@ -109,6 +129,9 @@ def test_other_commands_are_told_only_their_own_flags(capsys):
     assert _hint(capsys, parse_eval_args, ["--per-device-eval-batch-size", "8"]) == "--batch-size"
     assert _hint(capsys, parse_eval_args, ["--bf16"]) == "--precision bf16"
     assert _hint(capsys, parse_eval_args, ["--image-size", "224"]) == "--image-max-pixels"
+    assert _hint(capsys, parse_eval_args, ["--log-every", "10"]) is None   # was --log-level, a level name
+    assert _hint(capsys, parse_eval_args, ["--dataset", "vqa.toml"]) == "--tasks"   # was --data-root
+    assert _hint(capsys, parse_eval_args, ["--zero-shot"]) is None
     with pytest.raises(SystemExit):
         bench_main(["--max-steps", "5", "--output-dir", "x"])
     err = capsys.readouterr().err
@@ -132,6 +155,19 @@ def test_bench_names_no_flag_that_means_another_thing_or_cannot_read_the_value(c
     assert "--warmup-steps (did you mean --warmup?) 5" in _bench_hints(capsys, ["--warmup-steps", "5"])
     assert "--precisions (did you mean --precision?) bf16" in _bench_hints(capsys, ["--precisions", "bf16"])
     assert "--lr (did you mean --lr-grid?) 1e-3" in _bench_hints(capsys, ["--lr", "1e-3"])
+    assert _bench_hints(capsys, ["--log-every", "10"]).endswith("unrecognized arguments: --log-every 10")   # a level
+    assert "--dataset (did you mean --tasks?) vqa" in _bench_hints(capsys, ["--dataset", "vqa"])
+
+
+def test_a_bare_dataset_name_is_a_task_unless_a_folder_of_that_name_is_here(tmp_path, monkeypatch):
+    flags = ["--tasks", "--data-root"]
+    monkeypatch.chdir(tmp_path)
+    assert closest_flag("--data", flags, value="coco") == "--tasks"
+    (tmp_path / "coco").mkdir()
+    assert closest_flag("--data", flags, value="coco") == "--data-root"
+    assert closest_flag("--data-dir", flags, value="vqa") == "--data-root"   # a folder's word: a folder
+    assert closest_flag("--dataset", ["--task"], value="vqa") == "--task"   # (export's)
+    assert closest_flag("--dataset", ["--task"], value="/data") is None
 
 
 def test_a_flag_is_named_only_where_it_reads_the_value():
@@ -180,7 +216,16 @@ def test_a_precision_typed_as_a_switch_is_told_the_flag_that_takes_it():
     assert closest_flag("--bf16", ["--out"]) is None
 
 
+def test_a_value_typed_as_a_switch_is_told_the_flag_that_takes_it():
+    assert closest_flag("--cpu", ["--device"]) == "--device cpu"
+    assert closest_flag("--cuda", ["--device"]) == "--device cuda"
+    assert closest_flag("--gpu", ["--device"], value="2") == "--device cuda:2"
+    assert closest_flag("--cpu", ["--out"]) is None
+
+
 def test_a_no_flag_is_named_only_for_a_typo_that_says_no():
+    assert closest_flag("--zero-shot", ["--skip-zero-shot"], ["--skip-zero-shot"]) is None
+    assert closest_flag("--no-zero-shot", ["--skip-zero-shot", "--no-skip-zero-shot"]) == "--skip-zero-shot"
     flags = ["--compile", "--no-compile"]
     switches = flags
     assert closest_flag("--torch-compile", flags, switches) == "--compile"   # was --no-compile

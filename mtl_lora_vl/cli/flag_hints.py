@@ -10,12 +10,18 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
 - PEFT's and the Trainer's other names do too: ``--lora-r`` -> ``--rank``, ``--eval-strategy`` -> ``--eval-every``
   (not ``--eval-split``), ``--per-device-train-batch-size`` -> ``--batch-size``, ``--image-size`` ->
   ``--image-max-pixels`` (the one flag that sizes images; ``--image-reading`` picks native or square), ``--bf16`` ->
-  ``--precision bf16`` (a flag and its value), and a ``--no-...`` flag only for a typo that says no;
+  ``--precision bf16`` and ``--cpu`` -> ``--device cpu`` (a flag and its value), and a ``--no-...`` or ``--skip-...``
+  flag only for a typo that says no (``--zero-shot`` is not told ``--skip-zero-shot``, its opposite);
+- a dataset is named by its value (:func:`_data_flag`): ``--dataset vqa`` / ``--dataset my_task.toml`` -> ``--tasks``
+  (tasks are this package's datasets), ``--dataset /data/vqav2``, ``--data-dir``, ``--image-folder`` (LLaVA's) ->
+  ``--data-root`` (the folder a spec's paths are read under), a data file (``--data-path train.json``) nothing: no
+  flag reads one (a spec's ``[data]`` names it);
 - a typo given a value (``--x 100``, ``--x=100``) is never told a switch (a boolean or ``--no-...``), which takes
   none, where a value would not be ``true`` / ``false``; nor, for a spelling alike, a flag that cannot read that
   value (``readers``): ``--warmup-ratio 0.1`` is not told ``--warmup`` (whole steps), ``--save-path x`` not
-  ``--save-every`` (a number), while another tool's word still names its flag (``--eval-strategy steps`` ->
-  ``--eval-every``);
+  ``--save-every`` (a number), ``--log-every 10`` / ``--log-dir x`` not ``--log-level`` (a level name: the flags every
+  command shares are read here, :data:`_SHARED_READERS`), while another tool's word still names its flag
+  (``--eval-strategy steps`` -> ``--eval-every``);
 - a seed and a count of seeds are two things: ``--seed 3`` is not told bench's ``--seeds`` (how many), nor
   ``--seeds 3`` train's ``--seed``;
 - otherwise the closest spelling (difflib's ratio >= 0.6), a flag sharing the typo's first or last word (not a
@@ -23,15 +29,19 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   command without ``--max-bad-steps``); a wrong flag is worse than none, so a flag sharing no word with the typo
   (:func:`_shares_a_word`) is named only where its spelling is very close (ratio >= 0.8, ``--batchsize`` ->
   ``--batch-size``): ``--compile-mode x`` and ``--save-total-limit 3`` are told nothing, not ``--batch-mode`` and
-  ``--eval-split``.
+  ``--eval-split``; ``n`` (a count) is a filler, so train's ``--n-val 100`` is not told ``--n-up`` (no train flag sizes
+  the validation split: a spec's ``[data.val] n`` does).
 """
 
 from __future__ import annotations
 
 import difflib
 import itertools
+import os
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
+
+from ..log import LEVELS
 
 __all__ = ["closest_flag", "unknown_flag_hints"]
 
@@ -45,17 +55,29 @@ _SAME: dict[str, tuple[str, ...]] = {
     "base": ("base", ""), "device": ("device", ""), "wd": ("weight-decay",), "bs": ("batch-size",),
     "disable": ("no",), "enable": ("",), "img": ("image",), "size": ("size", "max-pixels"),
     "resolution": ("max-pixels", "image-max-pixels"),
+    "skip": ("no",), "no": ("skip",),
 }
 
 #: Words that name nothing of their own in another tool's flag (``--num-workers``, ``--lora-rank``, ``--seed-value``,
 #: ``--per-device-train-batch-size``, ``--early-stopping-patience``, ``--model-name-or-path``).
-_FILLER = frozenset({"num", "max", "total", "dir", "path", "rate", "value", "lora", "mixed", "train", "from", "of",
+_FILLER = frozenset({"num", "n", "max", "total", "dir", "path", "rate", "value", "lora", "mixed", "train", "from", "of",
                      "per", "torch", "random", "early", "stopping", "dataloader", "name", "or"})
 
-#: A precision typed as a switch (Hugging Face Trainer's ``--bf16``) -> the flags that take it as a value, the first
-#: the command has named (``--precision bf16``; export has only ``--base-dtype``).
-_PRECISION_SWITCHES = {"bf16": ("--precision", "--base-dtype"), "fp16": ("--precision", "--base-dtype"),
-                       "fp32": ("--precision", "--base-dtype")}
+#: A value typed as a switch (Hugging Face Trainer's ``--bf16``, a script's ``--cpu``) -> the value, and the flags that
+#: take it, the first the command has (``--precision bf16``; export has only ``--base-dtype``).
+_VALUE_SWITCHES = {"bf16": ("bf16", ("--precision", "--base-dtype")), "fp16": ("fp16", ("--precision", "--base-dtype")),
+                   "fp32": ("fp32", ("--precision", "--base-dtype")), "cpu": ("cpu", ("--device",)),
+                   "cuda": ("cuda", ("--device",)), "gpu": ("cuda", ("--device",))}
+
+#: The prefixes of a flag that turns something off: named only for a typo that says no.
+_NEGATIONS = ("--no-", "--skip-")
+
+#: A typo's words that name a dataset (its value: task names, a spec file, or a folder), images, a folder.
+_DATASET_WORDS = frozenset({"dataset", "datasets", "data"})
+_IMAGE_WORDS, _FOLDER_WORDS = frozenset({"image", "images", "img"}), frozenset({"dir", "folder", "root", "path"})
+
+#: The ends of a file name that hold rows (no flag reads one: a task spec's ``[data]`` names it).
+_DATA_FILES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".tar")
 
 #: Words of a flag that name another thing than the word they are spelt like: a seed and a count of seeds.
 _NOT_SAME = (("seed", "seeds"),)
@@ -81,6 +103,40 @@ def _same_meaning(name: str, pool: Sequence[str]) -> str | None:
     spelt = {"--" + "-".join(w for w in combo if w) for combo in itertools.product(*map(_alternatives, words))}
     found = [f for f in pool if f in spelt and f != name]
     return max(found, key=lambda f: difflib.SequenceMatcher(None, name, f).ratio()) if found else None
+
+
+def _level(value: str) -> str:
+    """``value`` where it is a log level (any case), else ValueError: what ``--log-level`` reads."""
+    if value.lower() not in LEVELS:
+        raise ValueError(value)
+    return value
+
+
+#: The readers of the flags every command has (``add_logging_flags``), under the command's own.
+_SHARED_READERS: dict[str, Callable[[str], Any]] = {"--log-level": _level}
+
+
+def _data_flag(words: Sequence[str], value: str | None, flags: Sequence[str]) -> str | None | bool:
+    """The flag a typo naming a dataset or its folder (``--dataset``, ``--data-dir``, ``--image-folder``) means, by
+    its ``value``: a spec file or task names -> ``--tasks`` (export: ``--task``), a folder -> ``--data-root``, a
+    data file -> None (no flag reads one); False where the typo names something else (the other rules decide). A bare
+    name is a task unless a folder of that name is here (``--data data``)."""
+    said = set(words)
+    folder = bool(said & _FOLDER_WORDS)
+    if not (said & _DATASET_WORDS or (said & _IMAGE_WORDS and folder)):
+        return False
+    if said - _FILLER - _DATASET_WORDS - _IMAGE_WORDS - _FOLDER_WORDS:   # --val-data: which data, not where
+        return False
+    path = (value or "").replace("\\", "/")
+    if any(part.strip().lower().endswith(".toml") for part in path.split(",")):
+        wanted: tuple[str, ...] = ("--tasks", "--task")
+    elif path.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_DATA_FILES):
+        return None
+    elif path and not folder and "/" not in path and "." not in path and not os.path.isdir(path):
+        wanted = ("--tasks", "--task")   # a name (Hugging Face's --dataset-name), not a folder here: a task
+    else:
+        wanted = ("--data-root",)
+    return next((f for f in wanted if f in flags), None)
 
 
 def _reads(reader: Callable[[str], Any] | None, value: str) -> bool:
@@ -115,17 +171,24 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
     words = _words(name)
     if not words:
         return None
-    if len(words) == 1 and words[0] in _PRECISION_SWITCHES:
-        taker = next((f for f in _PRECISION_SWITCHES[words[0]] if f in flags), None)
+    if len(words) == 1 and words[0] in _VALUE_SWITCHES:
+        meant, takers = _VALUE_SWITCHES[words[0]]
+        taker = next((f for f in takers if f in flags), None)
         if taker is not None:
-            return f"{taker} {words[0]}" if value is None or value.lower() == "true" else taker
+            if value is not None and value.isdigit() and meant == "cuda":   # --gpu 1: the GPU of that index
+                return f"{taker} cuda:{value}"
+            return f"{taker} {meant}" if value is None or value.lower() == "true" else taker
+    data = _data_flag(words, value, flags)
+    if data is not False:
+        return data
     negated = name.lstrip("-").lower().startswith("no") or "no" in _alternatives(words[0])
-    pool = [f for f in flags if not (valued and f in switches) and (negated or not f.startswith("--no-"))
+    pool = [f for f in flags if not (valued and f in switches) and (negated or not f.startswith(_NEGATIONS))
             and not _means_other(words, _words(f))]
     same = _same_meaning(name, pool)   # (another tool's word for it: --eval-strategy steps -> --eval-every N)
     if same is not None:
         return same
-    pool = [f for f in pool if not valued or _reads((readers or {}).get(f), value)]
+    readers = {**_SHARED_READERS, **(readers or {})}
+    pool = [f for f in pool if not valued or _reads(readers.get(f), value)]
     first, last = (set(_alternatives(w)) - {""} if w not in _FILLER else set() for w in (words[0], words[-1]))
     scored = []
     for f in pool:
