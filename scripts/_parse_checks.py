@@ -4,13 +4,65 @@ parser's error at once, worded as the check the script's ``main`` made once torc
 An action, not a ``type=`` function: argparse writes a ``type=`` function's refusal after ``argument --flag:``, so the
 wording would change, and converts a string default through it (``pretrain_*.py --evaluate`` compares the parsed
 values with the defaults to name the flags it would ignore). An action sees only a value given on the command line.
+
+:class:`Parser` is the scripts' ``ArgumentParser``: it takes no abbreviations (``--thre 2`` was ``--threads 2``, and
+an abbreviation a new flag makes ambiguous would break a command line that worked: ``pretrain_llava.py --eval`` did
+when ``--eval-every`` came), as the package's commands do, and names the flag an unknown one most likely means, with
+the package's did-you-mean (``mtl_lora_vl.cli.flag_hints``, which imports neither torch nor numpy; imported only
+for a command line it refuses).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with ``allow_abbrev=False`` and a did-you-mean after each unknown flag in its
+    "unrecognized arguments" error (``--repaets (did you mean --repeats?) 3``); the same exit status 2 and help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.error("unrecognized arguments: " + " ".join(with_hints(unknown, self)))
+        return parsed
+
+
+def with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Unknown command-line ``tokens``, each flag followed by ``(did you mean --flag?)`` where one is close: never a
+    switch for a token given a value, nor a flag that would refuse the value (its type, choices or check)."""
+    # imported here, for a refused command line only: at the top it put mtl_lora_vl.cli (jsonargparse) before every
+    # --help, 0.13 s alone (check_gpu.py --help: 0.16 -> 0.42 s on a busy machine, medians of 5)
+    from mtl_lora_vl.cli.flag_hints import unknown_flag_hints
+
+    actions = [a for a in parser._actions if a.option_strings]
+    flags = [s for a in actions for s in a.option_strings if s.startswith("--")]
+    switches = [s for a in actions if a.nargs == 0 for s in a.option_strings]
+    readers = {s: _reader(a) for a in actions if a.nargs != 0 for s in a.option_strings}
+    return [f"{tok} (did you mean {close}?)" if close else tok
+            for tok, close in unknown_flag_hints(tokens, flags, switches, readers)]
+
+
+def _reader(action: argparse.Action) -> Callable[[str], Any]:
+    """What ``action`` makes of a value: its ``type=`` conversion, then its choices and its check (:func:`refusing`),
+    a ValueError where it would refuse the value."""
+    def read(text: str) -> Any:
+        try:
+            value = action.type(text) if callable(action.type) else text
+        except (argparse.ArgumentTypeError, TypeError) as e:   # (argparse's own refusals of a value)
+            raise ValueError(text) from e
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(text)
+        if isinstance(action, _Refusing) and action.problem(max(action.option_strings, key=len), value):
+            raise ValueError(text)
+        return value
+    return read
 
 
 class _Refusing(argparse.Action):

@@ -57,7 +57,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
     sys.path.insert(0, str(HERE))
 
-from _parse_checks import at_least  # noqa: E402
+from _parse_checks import Parser, at_least  # noqa: E402
 
 from mtl_lora_vl.options import TrainOptions  # noqa: E402
 
@@ -68,7 +68,7 @@ POSITIVE = at_least(1, "{flag} must be at least 1, got {value}")
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch and open_clip are imported (below): ``--help`` and a mistyped flag answer at
     once."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", choices=["clip", "llava"], default="clip",
                     help="clip: an open_clip model, both towers; llava: a LLaVA (vision tower + LM) (default clip)")
     ap.add_argument("--model", default="ViT-B-32", help="open_clip model name (random init, no download)")

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
     sys.path.insert(0, str(HERE))
 
-from _parse_checks import at_least  # noqa: E402
+from _parse_checks import Parser, at_least  # noqa: E402
 
 #: What a count below 1 is told (checked as it is parsed, before torch is imported).
 POSITIVE = "{flag} must be at least 1, got {value}"
@@ -35,7 +35,7 @@ POSITIVE = "{flag} must be at least 1, got {value}"
 
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)",
                    **at_least(1, POSITIVE))

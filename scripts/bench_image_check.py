@@ -11,7 +11,6 @@ Timings are interleaved (one round of every method, repeated) and reported as me
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,9 +18,11 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:   # the timing run's module beside this script (loaded from elsewhere too)
     sys.path.insert(0, str(HERE))
 
+from _parse_checks import Parser  # noqa: E402
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = Parser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="640x480", help="WxH of the test images (default 640x480, COCO-like)")
     ap.add_argument("--n", type=int, default=200, help="rounds (default 200)")
     args = ap.parse_args()

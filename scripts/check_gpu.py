@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
     sys.path.insert(0, str(HERE))
 
-from _parse_checks import refusing  # noqa: E402
+from _parse_checks import Parser, refusing  # noqa: E402
 
 #: The checks by name, in the order they run (``--only`` picks some): each takes the device, returns its figures.
 CHECKS: dict[str, Callable[[str], dict]] = {
@@ -55,7 +55,7 @@ def unknown_checks(flag: str, only: str) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="write every figure to this file (an earlier result there is replaced, "
                                          "any other file refused)")
     ap.add_argument("--device", default="cuda", help="cuda (default) | cuda:N | cpu (the tests' smoke run)")

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
     sys.path.insert(0, str(HERE))
 
-from _parse_checks import at_least  # noqa: E402
+from _parse_checks import Parser, at_least  # noqa: E402
 
 #: A batch of one pair: every InfoNCE gradient is 0 (checked as it is parsed, before torch is imported).
 TWO_PAIRS = at_least(2, "{flag} must be >= 2 (a contrastive batch needs two pairs), got {value}")
@@ -41,7 +41,7 @@ TWO_PAIRS = at_least(2, "{flag} must be >= 2 (a contrastive batch needs two pair
 
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=700, help="optimizer steps (default 700: 8-25 minutes on 2 CPU cores; "
                                                            "the committed asset took 24)", **at_least(1))
     ap.add_argument("--batch-size", type=int, default=128, help="pairs per step (default 128)", **TWO_PAIRS)

@@ -65,7 +65,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
     sys.path.insert(0, str(HERE))
 
-from _parse_checks import at_least, refusing  # noqa: E402
+from _parse_checks import Parser, at_least, refusing  # noqa: E402
 
 # the kinds' table, not the instructions' writer: the parser lists them without the world's renderer (PIL)
 from mtl_lora_vl.data.instruction_kinds import DEFAULT_KINDS, INSTRUCTION_TYPES, KNOWN_KINDS, PHRASINGS  # noqa: E402,F401
@@ -108,7 +108,7 @@ def finite(flag: str, value: float) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The options, read before torch is imported (below): ``--help`` and a mistyped flag answer at once."""
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=800, help="optimizer steps (default 800)", **at_least(1))
     ap.add_argument("--batch-size", type=int, default=32, help="images per step (default 32)", **at_least(1))
     ap.add_argument("--turns", type=int, default=8, help="turns per image and step: one caption + "

@@ -17,6 +17,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:   # _parse_checks.py beside this script (loaded from elsewhere too)
+    sys.path.insert(0, str(HERE))
+
+from _parse_checks import Parser  # noqa: E402
 
 
 def _panels(per_row: int, seed: int) -> list[tuple[str, list[tuple[object, str]]]]:
@@ -72,7 +77,7 @@ def _picture(scene: object, size: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "assets" / "world_samples.png"),
                     help="PNG file to write (default: the repository's assets/world_samples.png)")
     ap.add_argument("--per-row", type=int, default=4, help="samples per task kind (default: %(default)s)")

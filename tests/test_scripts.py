@@ -252,7 +252,7 @@ def test_pretrain_backbone_evaluate_rescores_its_own_asset_and_only_prints_for_a
     doc["pretrain"]["seed"] = 3   # a backbone pretrained with --seed 3: scored on seed 3's val splits
     (own / "open_clip_config.json").write_text(json.dumps(doc))
     before = json.loads((own / "open_clip_config.json").read_text())
-    assert pb.main(["--eval", str(own)]) == 0   # an abbreviation argparse takes (refused as "ignored" before)
+    assert pb.main(["--evaluate", str(own)]) == 0
     after = json.loads((own / "open_clip_config.json").read_text())
     assert [s for _, s in seen] == [3]
     assert after["pretrain"]["zero_shot_val"] == scored
@@ -317,7 +317,7 @@ def test_pretrain_llava_evaluate_scores_the_seed_it_was_trained_with(tmp_path, m
     seeds = []
     monkeypatch.setattr(pl, "evaluate", lambda m, p, seed, n: seeds.append(seed) or {"vqa": {"accuracy": 0.5}})
     monkeypatch.setattr(pl, "print_report", lambda *a, **k: None)
-    assert pl.main(["--evaluat", str(model), "--eval-scenes", "1"]) == 0   # an abbreviation, as argparse takes it
+    assert pl.main(["--evaluate", str(model), "--eval-scenes", "1"]) == 0
     assert (seeds == [4]
             and json.loads((model / "pretrain.json").read_text())["zero_shot_val"] == {"vqa": {"accuracy": 0.5}})
     assert pl.main(["--evaluate", str(model), "--seed", "0", "--eval-scenes", "1"]) == 0

@@ -1,0 +1,91 @@
+"""The scripts' own parsers (``scripts/_parse_checks.Parser``) take no abbreviations and name the flag an unknown one
+most likely means: plain argparse took ``bench_adapters.py --thre 2`` for ``--threads 2`` (and ran the benchmark),
+refused ``pretrain_llava.py --eval 3`` as ambiguous once ``--eval-every`` came, and gave no hint for a typo.
+
+No script is run: each parser is built from the script's source up to its ``__main__`` guard (the heavy imports
+come after it) and only asked to parse command lines it refuses.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "scripts"))
+
+from _parse_checks import Parser, at_least  # noqa: E402
+
+
+def _refusal(parser, argv: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def _script_parser(name: str):
+    """``build_parser()`` of ``scripts/NAME.py``, from its source before the ``__main__`` guard (no torch)."""
+    path = REPO / "scripts" / f"{name}.py"
+    source = path.read_text(encoding="utf-8")
+    names = {"__file__": str(path), "__name__": f"script_{name}"}
+    exec(compile(source[:source.index('if __name__ == "__main__":')], str(path), "exec"), names)   # noqa: S102
+    return names["build_parser"]()
+
+
+def test_an_abbreviation_is_refused_with_the_flag_it_abbreviates(capsys):
+    p = Parser(prog="x")
+    p.add_argument("--threads", type=int, default=1, **at_least(1))
+    p.add_argument("--case", choices=["clip", "llava"], default="clip")
+    p.add_argument("--profile", action="store_true")
+    said = _refusal(p, ["--thre", "2"], capsys)
+    assert said == "x: error: unrecognized arguments: --thre (did you mean --threads?) 2"
+    assert p.parse_args(["--threads", "2"]).threads == 2
+    # never a flag that would refuse the value: its type, its choices, its check; nor a switch given a value
+    assert _refusal(p, ["--thread", "x"], capsys).endswith("unrecognized arguments: --thread x")
+    assert _refusal(p, ["--thread", "0"], capsys).endswith("unrecognized arguments: --thread 0")
+    assert _refusal(p, ["--cases", "vit"], capsys).endswith("unrecognized arguments: --cases vit")
+    assert _refusal(p, ["--cases", "llava"], capsys).endswith("--cases (did you mean --case?) llava")
+    assert _refusal(p, ["--profiles", "3"], capsys).endswith("unrecognized arguments: --profiles 3")
+    assert _refusal(p, ["--profiles"], capsys).endswith("--profiles (did you mean --profile?)")
+    with pytest.raises(SystemExit) as info:
+        p.parse_args(["--help"])
+    assert info.value.code == 0 and "usage: x [-h] [--threads THREADS]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("script", "argv", "says"), [
+    ("bench_adapters", ["--thre", "2"], "--thre (did you mean --threads?) 2"),   # ran the benchmark on 2 threads
+    ("bench_adapters", ["--repaets", "3"], "--repaets (did you mean --repeats?) 3"),
+    ("bench_adapters", ["--cas", "llava"], "--cas (did you mean --case?) llava"),
+    ("bench_generation", ["--thr", "2"], "--thr (did you mean --threads?) 2"),
+    ("bench_generation", ["--max-length", "8"], "--max-length (did you mean --max-len?) 8"),
+    ("check_gpu", ["--onl", "clip_mixed_route_fp32"], "--onl (did you mean --only?) clip_mixed_route_fp32"),
+    ("check_gpu", ["--olny", "nope"], "unrecognized arguments: --olny nope"),   # (--only refuses the value)
+    ("pretrain_backbone", ["--step", "5"], "--step (did you mean --steps?) 5"),
+    ("pretrain_backbone", ["--evaluat", "x"], "--evaluat (did you mean --evaluate?) x"),
+    ("pretrain_llava", ["--eval", "3"], "--eval (did you mean --eval-every?) 3"),   # was "ambiguous option"
+    ("pretrain_llava", ["--thr", "0"], "unrecognized arguments: --thr 0"),   # (--threads refuses 0)
+])
+def test_each_scripts_parser_refuses_abbreviations_and_names_the_flag(capsys, script, argv, says):
+    assert _refusal(_script_parser(script), argv, capsys).endswith(says)
+
+
+def test_the_scripts_without_a_build_parser_refuse_abbreviations_too(capsys, monkeypatch, tmp_path):
+    """(Each command line also holds what keeps the old parser from running anything: an --out here, a --n 0 that
+    its main refuses.)"""
+    import importlib.util
+
+    out = ["--out", str(tmp_path / "grid.png")]   # (the old parser took --per for --per-row and drew the grid)
+    for name, argv, says in (("show_world", ["--per", "1", *out], "unrecognized arguments: --per 1"),
+                             ("show_world", ["--per-rows", "1", *out], "--per-rows (did you mean --per-row?) 1"),
+                             ("bench_image_check", ["--siz", "8x8", "--n", "0"], "--siz (did you mean --size?) 8x8")):
+        spec = importlib.util.spec_from_file_location(f"script_{name}", REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+        with pytest.raises(SystemExit) as info:
+            module.main(argv) if name == "show_world" else module.main()
+        assert info.value.code == 2
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]
