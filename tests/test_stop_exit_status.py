@@ -2,7 +2,8 @@
 first): a SIGTERM after it changes neither the clean stop nor the status, and only a Ctrl-C after it escalates (an
 abort, 130). Each case runs in a child process with the two signals as from a terminal, through the commands'
 ``run_command`` (what turns ``RunStopped`` into the status); the child imports no torch. A SIGTERM in the clean-up
-after such a stop (outside the loop) leaves its status too."""
+after such a stop (outside the loop) leaves its status too, and one in the clean-up after an error or a stop is
+ignored: the clean-up runs whole, and the error (its message, its status) or the stop is what the command reports."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -86,3 +88,68 @@ def test_a_sigterm_in_the_clean_up_of_a_stop_leaves_its_status(monkeypatch, firs
     before = signal.getsignal(signal.SIGTERM)
     assert run_command("warning", train_module.train, None) == status
     assert signal.getsignal(signal.SIGTERM) == before   # (the handler put back)
+
+
+class _Lock:
+    """The run's lock, whose close gets a SIGTERM (torchrun's to a rank when a peer failed, a scheduler's after a
+    Ctrl-C): the clean-up after an error or a stop, under ``train``'s ``terminate_raises``."""
+
+    def __init__(self, closed: list[str]):
+        self.closed = closed
+
+    def close(self) -> None:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(signal.SIGTERM)
+        self.closed.append("lock")
+
+
+def _failing_run(monkeypatch, tmp_path, error: BaseException) -> list[str]:
+    """``_train`` as it is, on a run whose optimization fails with ``error`` (the set-up and the loader stubbed: no
+    model); returns what its clean-up let go, in order."""
+    closed: list[str] = []
+    info = SimpleNamespace(is_main=True, enabled=False, device=None)
+    run = SimpleNamespace(info=info, dir=tmp_path, opts=None, lock=_Lock(closed), setup=SimpleNamespace(model=None),
+                          total_steps=1, amp_dtype=None)
+    monkeypatch.setattr(train_module, "start", lambda opts, given: run)
+    monkeypatch.setattr(train_module, "build_loader", lambda r: SimpleNamespace(close=lambda: closed.append("loader")))
+
+    def fails(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(train_module, "build_optimization", fails)
+    monkeypatch.setattr(train_module, "undo_overwrite", lambda *a: closed.append("undo"))
+    monkeypatch.setattr(train_module, "cleanup", lambda i: closed.append("process group"))
+    return closed
+
+
+def test_a_sigterm_in_an_errors_clean_up_leaves_the_error_and_its_message(monkeypatch, tmp_path, capfd):
+    """Helper 523: a SIGTERM in the clean-up after an error (torchrun's to every rank once one failed: a rank that
+    failed too was in its own clean-up) raised Terminated over it; the command exited 143 and printed nothing, the
+    error (here a bad option's) nowhere, the process group and lock left. Now the error stays: its line, its status."""
+    closed = _failing_run(monkeypatch, tmp_path, ValueError("--lr -1: give a positive learning rate"))
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_command("warning", train_module.train, None) == 2
+    assert "--lr -1: give a positive learning rate" in capfd.readouterr().err
+    assert closed == ["loader", "undo", "loader", "lock", "process group"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_sigterm_in_a_bugs_clean_up_leaves_its_traceback(monkeypatch, tmp_path):
+    """As above for an unexpected error (a bug, not one line): it propagates with its traceback (exit 1), not 143."""
+    _failing_run(monkeypatch, tmp_path, TypeError("a bug"))
+    with pytest.raises(TypeError, match="a bug"):
+        run_command("warning", train_module.train, None)
+
+
+@pytest.mark.parametrize("first, status", [
+    (RunStopped(Path("run"), 3, signal.SIGINT), 130),
+    (KeyboardInterrupt(), 130),
+    (RunStopped(Path("run"), 3, signal.SIGTERM), 143),
+], ids=["INT-stop", "INT-abort", "TERM-stop"])
+def test_a_sigterm_in_a_stops_clean_up_does_not_cut_it_short(monkeypatch, tmp_path, first, status):
+    """Helper 523: 62e05fd kept the stop's status when a SIGTERM came in its clean-up, but the Terminated still cut
+    the clean-up short: the lock's close and the process group's teardown were skipped. The SIGTERM is now ignored
+    there (the run is stopping already; a scheduler sends SIGKILL after its grace period)."""
+    closed = _failing_run(monkeypatch, tmp_path, first)
+    assert run_command("warning", train_module.train, None) == status
+    assert closed == ["loader", "undo", "loader", "lock", "process group"]

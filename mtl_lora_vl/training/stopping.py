@@ -13,7 +13,7 @@ from ..log import rank_prefix
 from ..signal_handlers import handlers_set
 
 __all__ = ["RunStopped", "StopRequest", "Terminated", "first_stop", "stop_at_step_boundary", "stop_signals_ignored",
-           "terminate_raises"]
+           "terminate_ignored", "terminate_raises"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,4 +127,16 @@ def stop_signals_ignored() -> Iterator[None]:
     """While open (main thread), SIGINT and SIGTERM are ignored: a clean-up that puts the run ``--overwrite``
     replaced back is not cut half-way (torchrun's SIGTERM to the other ranks races a failed rank's own clean-up)."""
     with handlers_set(dict.fromkeys((signal.SIGINT, signal.SIGTERM), signal.SIG_IGN)):
+        yield
+
+
+@contextlib.contextmanager
+def terminate_ignored() -> Iterator[None]:
+    """While open (main thread), SIGTERM is ignored: the clean-up after an error or a stop (the loader's workers, the
+    run's lock, the process group) runs whole, and what ended the run stays what the command reports. There a SIGTERM
+    (torchrun's to the other ranks when one failed, a scheduler's after a Ctrl-C) raised :class:`Terminated` over the
+    error, whose message was lost (the command exited 143 without a word), or cut the stop's clean-up short; the run is
+    ending already, and a scheduler or torchrun that sent it sends SIGKILL after its grace period. A Ctrl-C still
+    raises (the user's own way to stop at once)."""
+    with handlers_set({signal.SIGTERM: signal.SIG_IGN}):
         yield

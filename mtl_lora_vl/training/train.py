@@ -75,7 +75,7 @@ from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .run import Run
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
-from .stopping import RunStopped, stop_at_step_boundary, stop_signals_ignored, terminate_raises
+from .stopping import RunStopped, stop_at_step_boundary, stop_signals_ignored, terminate_ignored, terminate_raises
 from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
 
 logger = logging.getLogger(__name__)
@@ -110,20 +110,28 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
         barrier(run.info)
         if run.info.is_main:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
-    except BaseException:
-        with stop_signals_ignored():   # (torchrun's SIGTERM after a peer failed must not cut the put-back short)
-            if loader is not None:
-                loader.close()   # (its forked workers hold a copy of the run's lock, which undo_overwrite lets go)
-            if run.info.is_main:
-                undo_overwrite(run.dir, run.opts, run.lock)   # failed before its first checkpoint: the old run is back
+    except BaseException:   # an error or a stop: a SIGTERM in its clean-up (torchrun's when a peer failed, a
+        with terminate_ignored():   # scheduler's after a Ctrl-C) neither cuts it short nor replaces what ended the run
+            try:
+                with stop_signals_ignored():   # (nor a Ctrl-C the put-back)
+                    if loader is not None:
+                        loader.close()   # (its forked workers hold a copy of the run's lock, which undo lets go)
+                    if run.info.is_main:   # failed before its first checkpoint: the old run is back
+                        undo_overwrite(run.dir, run.opts, run.lock)
+            finally:
+                close_run(run, loader)
         raise
-    finally:
-        if loader is not None:
-            loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
-        if run.lock is not None:
-            run.lock.close()
-        cleanup(run.info)
+    close_run(run, loader)
     return run.dir
+
+
+def close_run(run: Run, loader: MultiTaskLoader | None) -> None:
+    """The loader's workers, the run's lock and the process group, let go (as the run ends, however it ends)."""
+    if loader is not None:
+        loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
+    if run.lock is not None:
+        run.lock.close()
+    cleanup(run.info)
 
 
 # Start ------------------------------------------------------------------------------------------
@@ -178,11 +186,12 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         if info.is_main:
             logger.info("%s", describe(run))
     except BaseException:   # (also a SIGTERM or Ctrl-C before the lock: the replaced run is put back)
-        if info.is_main and not held_elsewhere:
-            with stop_signals_ignored():
-                undo_overwrite(run_dir, opts, lock)
-        if lock is not None:
-            lock.close()
+        with terminate_ignored():   # (a SIGTERM now: as in _train's clean-up)
+            if info.is_main and not held_elsewhere:
+                with stop_signals_ignored():
+                    undo_overwrite(run_dir, opts, lock)
+            if lock is not None:
+                lock.close()
         raise
     return run
 
