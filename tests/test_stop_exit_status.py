@@ -15,7 +15,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from test_train import small_specs
 
+from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.cli.commands import run_command
 from mtl_lora_vl.training import train as train_module
 from mtl_lora_vl.training.stopping import RunStopped
@@ -153,3 +155,42 @@ def test_a_sigterm_in_a_stops_clean_up_does_not_cut_it_short(monkeypatch, tmp_pa
     closed = _failing_run(monkeypatch, tmp_path, first)
     assert run_command("warning", train_module.train, None) == status
     assert closed == ["loader", "undo", "loader", "lock", "process group"]
+
+
+def _signals_at_the_last_check(monkeypatch, tmp_path, before: list[int], during: int) -> int:
+    """``train`` (the built-in backbone, 2 steps) with ``before`` sent as its last checkpoint is saved (the signals
+    of its last step), and ``during`` as the last "was there a signal" check after the loop runs; its exit status."""
+    real_save, real_max = train_module.save_training_checkpoint, train_module.max_over_ranks
+    sent = []
+
+    def save(*args, **kwargs):
+        real_save(*args, **kwargs)
+        for s in before:
+            signal.raise_signal(s)
+        sent.append("saved")
+
+    def check(value, info):
+        if sent:   # the check after the last step's checkpoint (the loop's own come before it)
+            signal.raise_signal(during)
+        return real_max(value, info)
+
+    monkeypatch.setattr(train_module, "save_training_checkpoint", save)
+    monkeypatch.setattr(train_module, "max_over_ranks", check)
+    args = ["--tasks", small_specs(tmp_path), "--steps", "2", "--batch-size", "8", "--workers", "0", "--warmup", "0",
+            "--save-every", "100", "--skip-zero-shot", "--out", str(tmp_path / "run"), "-q"]
+    return train_main(args)
+
+
+def test_a_sigterm_at_the_last_check_after_a_ctrl_c_leaves_its_status(monkeypatch, tmp_path):
+    """Helper 523: the last check after the loop ran once the loop's handlers were put back: a Ctrl-C in the last
+    step then a SIGTERM there (a scheduler's after it; under torchrun the check is a collective, waiting for every
+    rank) raised Terminated before the check read the Ctrl-C, and the run exited 143. The check is now inside the
+    loop's handlers, and the SIGTERM changes nothing, as anywhere in the loop."""
+    assert _signals_at_the_last_check(monkeypatch, tmp_path, [signal.SIGINT], signal.SIGTERM) == 130
+
+
+def test_a_first_sigterm_during_the_last_check_is_not_lost(monkeypatch, tmp_path):
+    """A first SIGTERM that comes as the last check runs, too late for it, still stops the run before its final
+    evaluation (the loop's handler noted it: it is sent again to the one outside, Terminated's 143)."""
+    assert _signals_at_the_last_check(monkeypatch, tmp_path, [], signal.SIGTERM) == 143
+    assert not (tmp_path / "run" / "eval.json").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 from collections.abc import Collection
 from dataclasses import replace
 from fractions import Fraction
@@ -439,12 +440,14 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
         # the trained state, before the final validation: a failure or Ctrl-C in it loses no step. A signal while
         # it saves waits for it, as in the loop (outside, SIGTERM cut it short: the steps since the last save lost)
         checkpoint()
-    signum = max_over_ranks(stop.signum, info)  # a signal in the last step or its save: stopped before the evaluation
-    if signum:
-        if info.is_main:
-            logger.warning("stopped at step %d, before the final evaluation; checkpoint saved. Continue the run with "
-                           "--resume %s (it trains no further and evaluates)", step, run.dir)
-        raise RunStopped(run.dir, step, signum)
+        signum = max_over_ranks(stop.signum, info)   # (in the block: after it, a SIGTERM came before a Ctrl-C was read)
+        if signum:   # a signal in the last step or its save: stopped before the evaluation
+            if info.is_main:
+                logger.warning("stopped at step %d, before the final evaluation; checkpoint saved. Continue the run "
+                               "with --resume %s (it trains no further and evaluates)", step, run.dir)
+            raise RunStopped(run.dir, step, signum)
+    if stop.signum:   # one too late for the check: sent again, to the handler outside (Terminated, KeyboardInterrupt)
+        signal.raise_signal(stop.signum)
     if best is not None:
         try:
             run.selected = finish_with_best(run, best, step, log)
