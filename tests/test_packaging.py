@@ -10,10 +10,14 @@ match, folders mapped by ``package-dir`` -- was checked against a wheel built by
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import tomllib
 from pathlib import Path
 
 import pytest
+
+from mtl_lora_vl.tasks import spec as spec_module
+from mtl_lora_vl.tasks.spec import SpecError, available_specs, builtin_spec_dirs, load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "mtl_lora_vl"
@@ -133,3 +137,35 @@ def test_wheel_gaps_sees_a_file_left_out_or_one_too_many(tmp_path, break_it, fou
     left_out, extra = wheel_gaps(tmp_path, cfg)
     prefix, which = found
     assert any(f.startswith(prefix) for f in (left_out if which == "left out" else extra)), (left_out, extra)
+
+
+def _installed(site: Path, monkeypatch) -> Path:
+    """An installed layout: ``site/mtl_lora_vl`` (a wheel's builtin_tasks holding vqa) beside another distribution's
+    top-level ``site/tasks/deploy.toml``; the spec module reads its paths from there."""
+    pkg = site / "mtl_lora_vl"
+    (pkg / "builtin_tasks").mkdir(parents=True)
+    (pkg / "tasks").mkdir()
+    (pkg / "builtin_tasks" / "vqa.toml").write_text('kind = "vqa"\n[data]\nsource = "builtin"\n')
+    (site / "tasks").mkdir()
+    (site / "tasks" / "deploy.toml").write_text('kind = "vqa"\n[data]\nsource = "builtin"\n')
+    monkeypatch.setattr(importlib.resources, "files", lambda name: pkg)
+    monkeypatch.setattr(spec_module, "__file__", str(pkg / "tasks" / "spec.py"))
+    return pkg
+
+
+def test_an_install_reads_no_other_distributions_tasks_folder(tmp_path, monkeypatch):
+    """Installed, the package's parent is site-packages: a top-level ``tasks/`` there is another distribution's, and
+    its .toml files were listed and loaded as built-in tasks (``available_specs()`` held ``deploy``)."""
+    pkg = _installed(tmp_path / "site-packages", monkeypatch)
+    assert builtin_spec_dirs() == [pkg / "builtin_tasks"]
+    assert available_specs() == ["vqa"]
+    with pytest.raises(SpecError, match="unknown task 'deploy'"):
+        load_spec("deploy")
+
+
+def test_a_checkout_still_reads_its_tasks_folder(tmp_path, monkeypatch):
+    """Beside a pyproject.toml (a checkout; an editable install runs from one) ``tasks/`` holds the built-in specs."""
+    pkg = _installed(tmp_path / "checkout", monkeypatch)
+    (tmp_path / "checkout" / "pyproject.toml").write_text("")
+    assert builtin_spec_dirs() == [pkg / "builtin_tasks", tmp_path / "checkout" / "tasks"]
+    assert available_specs() == ["deploy", "vqa"]

@@ -170,7 +170,7 @@ class TaskSpec:
 
 
 def builtin_spec_dirs() -> list[Path]:
-    """Folders searched for built-in specs: the installed package's ``builtin_tasks``, then ``<repo>/tasks``."""
+    """Folders searched for built-in specs: the installed package's ``builtin_tasks``, then a checkout's ``tasks/``."""
     dirs: list[Path] = []
     try:
         packaged = importlib.resources.files("mtl_lora_vl") / "builtin_tasks"
@@ -178,9 +178,9 @@ def builtin_spec_dirs() -> list[Path]:
             dirs.append(Path(str(packaged)))
     except (ModuleNotFoundError, TypeError):
         pass
-    repo_tasks = Path(__file__).resolve().parents[2] / "tasks"
-    if repo_tasks.is_dir():
-        dirs.append(repo_tasks)
+    repo = Path(__file__).resolve().parents[2]   # installed: site-packages, whose tasks/ is another distribution's
+    if (repo / "pyproject.toml").is_file() and (repo / "tasks").is_dir():
+        dirs.append(repo / "tasks")
     return dirs
 
 
