@@ -334,7 +334,17 @@ def test_builtin_missing_weights_message(monkeypatch, tmp_path):
     import mtl_lora_vl.backbones.builtin as builtin
 
     monkeypatch.setattr(builtin, "builtin_dir", lambda: tmp_path / "builtin_clip")
-    with pytest.raises(FileNotFoundError, match="scripts/pretrain_backbone.py"):
+    # (it ships with the package: an installed user has no scripts/ folder to rebuild it with)
+    with pytest.raises(FileNotFoundError, match=r"ships with the package; reinstall it \(pip install "
+                                                r"--force-reinstall mtl-lora-vl\), or in a checkout build it with "
+                                                r"`python scripts/pretrain_backbone.py`"):
+        load_backbone("builtin")
+    (tmp_path / "builtin_clip").mkdir()
+    for name in ("open_clip_config.json", "model.safetensors", "tokenizer.json"):
+        (tmp_path / "builtin_clip" / name).write_text("{")
+    with pytest.raises(ValueError, match=r"open_clip_config.json is not valid JSON .*; reinstall the package \(pip "
+                                         r"install --force-reinstall mtl-lora-vl\), or in a checkout re-run "
+                                         r"`python scripts/pretrain_backbone.py`"):
         load_backbone("builtin")
 
 

@@ -423,7 +423,9 @@ def test_builtin_llava_spec_loads_like_hf_dir(tmp_path, monkeypatch):
     bb = load_backbone("builtin-llava")
     assert isinstance(bb, HFVLMBackbone) and bb.name == "builtin-llava" and bb.family == "llava"
     monkeypatch.setattr(spec, "builtin_llava_dir", lambda: tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match="built-in tiny LLaVA .* is missing.*pretrain_llava.py"):
+    with pytest.raises(FileNotFoundError, match=r"built-in tiny LLaVA .* is missing.*reinstall the package \(pip "
+                                                r"install --force-reinstall mtl-lora-vl\), in a checkout rebuild it "
+                                                r"with `python scripts/pretrain_llava.py`"):
         load_backbone("builtin-llava")
     with pytest.raises(ValueError, match="pretrained='w.bin': pretrained is only for"):
         parse_spec("builtin-llava", "w.bin")

@@ -74,12 +74,15 @@ def builtin_files(pretrained: str | None = None, pretrained_as: str = "pretraine
     missing = next((f for f in (config_path, weights, folder / "tokenizer.json") if not f.is_file()), None)
     if missing is not None:   # (the tokenizer's: else "save it with tokenizer.save_pretrained", which none can here)
         raise FileNotFoundError(
-            f"the built-in backbone is missing {missing}. Build it once with "
-            "`python scripts/pretrain_backbone.py` (about 25 minutes on 2 CPU cores), which writes "
+            f"the built-in backbone is missing {missing}. It ships with the package; reinstall it (pip install "
+            "--force-reinstall mtl-lora-vl), or in a checkout build it with `python scripts/pretrain_backbone.py` "
+            "(about 25 minutes on 2 CPU cores), which writes "
             f"{folder}/{{open_clip_config.json,model.safetensors,tokenizer.json,tokenizer_config.json}}"
         )
     try:
         config = json.loads(read_whole(config_path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON ({e}); re-run python scripts/pretrain_backbone.py") from e
+        raise ValueError(f"{config_path} is not valid JSON ({e}); reinstall the package (pip install "
+                         "--force-reinstall mtl-lora-vl), or in a checkout re-run `python scripts/pretrain_backbone.py`"
+                         ) from e
     return folder, config, weights

@@ -42,8 +42,8 @@ def hf_dir(spec: BackboneSpec) -> Path:
         raise FileNotFoundError(
             f"the built-in tiny LLaVA ({spec.text}) is missing: {folder} has no {lost}. It ships with the "
             "package as a save_pretrained directory (LlavaForConditionalGeneration + LlavaProcessor); reinstall the "
-            "package, rebuild it with `python scripts/pretrain_llava.py`, or pass a local LLaVA directory with "
-            "--backbone hf:/path/to/dir"
+            "package (pip install --force-reinstall mtl-lora-vl), in a checkout rebuild it with `python "
+            "scripts/pretrain_llava.py`, or pass a local LLaVA directory with --backbone hf:/path/to/dir"
         )
     if folder is None or not folder.is_dir():
         own = spec.text.removeprefix("hf:")
