@@ -36,14 +36,16 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
 from __future__ import annotations
 
 import difflib
+import importlib.resources
 import itertools
 import os
 from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..log import LEVELS
 
-__all__ = ["closest_flag", "unknown_flag_hints"]
+__all__ = ["builtin_task_names", "closest_flag", "unknown_flag_hints"]
 
 #: Another tool's word (Hugging Face Trainer, PEFT, timm, Lightning) -> this package's words for it ("": left out).
 _SAME: dict[str, tuple[str, ...]] = {
@@ -120,7 +122,8 @@ def _data_flag(words: Sequence[str], value: str | None, flags: Sequence[str]) ->
     """The flag a typo naming a dataset or its folder (``--dataset``, ``--data-dir``, ``--image-folder``) means, by
     its ``value``: a spec file or task names -> ``--tasks`` (export: ``--task``), a folder -> ``--data-root``, a
     data file -> None (no flag reads one); False where the typo names something else (the other rules decide). A bare
-    name is a task unless a folder of that name is here (``--data data``)."""
+    name is a task unless a folder of that name is here (``--data data``) and it is no built-in task's name (``vqa``)
+    nor said to be a name (``--dataset-name``): the folder the command runs in decides only what it could not."""
     said = set(words)
     folder = bool(said & _FOLDER_WORDS)
     if not (said & _DATASET_WORDS or (said & _IMAGE_WORDS and folder)):
@@ -132,11 +135,20 @@ def _data_flag(words: Sequence[str], value: str | None, flags: Sequence[str]) ->
         wanted: tuple[str, ...] = ("--tasks", "--task")
     elif path.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_DATA_FILES):
         return None
-    elif path and not folder and "/" not in path and "." not in path and not os.path.isdir(path):
-        wanted = ("--tasks", "--task")   # a name (Hugging Face's --dataset-name), not a folder here: a task
+    elif path and not folder and "/" not in path and "." not in path and (
+            "name" in said or not os.path.isdir(path) or set(path.split(",")) <= builtin_task_names()):
+        wanted = ("--tasks", "--task")   # a name (Hugging Face's --dataset-name), a built-in task's, not a folder here
     else:
         wanted = ("--data-root",)
     return next((f for f in wanted if f in flags), None)
+
+
+def builtin_task_names() -> frozenset[str]:
+    """The built-in tasks' names, as ``tasks.spec.available_specs`` finds them (the installed package's
+    ``builtin_tasks``, a checkout's ``tasks/``), read here without it: the task kinds import torch."""
+    dirs = [Path(str(importlib.resources.files("mtl_lora_vl") / "builtin_tasks")),
+            Path(__file__).resolve().parents[2] / "tasks"]
+    return frozenset(p.stem for d in dirs if d.is_dir() for p in d.glob("*.toml"))
 
 
 def _reads(reader: Callable[[str], Any] | None, value: str) -> bool:
