@@ -78,8 +78,10 @@ _NEGATIONS = ("--no-", "--skip-")
 _DATASET_WORDS = frozenset({"dataset", "datasets", "data"})
 _IMAGE_WORDS, _FOLDER_WORDS = frozenset({"image", "images", "img"}), frozenset({"dir", "folder", "root", "path"})
 
-#: The ends of a file name that hold rows (no flag reads one: a task spec's ``[data]`` names it).
-_DATA_FILES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".tar")
+#: The ends of a file name that hold rows, an image or an archive of them (no flag reads one: a task spec's ``[data]``
+#: names it; ``--image-path a.jpg`` and ``--dataset coco.zip`` are no folder to give --data-root).
+_DATA_FILES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", ".tar", ".zip", ".tgz", ".gz", ".jpg",
+               ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 #: Words of a flag that name another thing than the word they are spelt like: a seed and a count of seeds.
 _NOT_SAME = (("seed", "seeds"),)
@@ -121,9 +123,10 @@ _SHARED_READERS: dict[str, Callable[[str], Any]] = {"--log-level": _level}
 def _data_flag(words: Sequence[str], value: str | None, flags: Sequence[str]) -> str | None | bool:
     """The flag a typo naming a dataset or its folder (``--dataset``, ``--data-dir``, ``--image-folder``) means, by
     its ``value``: a spec file or task names -> ``--tasks`` (export: ``--task``), a folder -> ``--data-root``, a
-    data file -> None (no flag reads one); False where the typo names something else (the other rules decide). A bare
-    name is a task unless a folder of that name is here (``--data data``) and it is no built-in task's name (``vqa``)
-    nor said to be a name (``--dataset-name``): the folder the command runs in decides only what it could not."""
+    data, image or archive file -> None (no flag reads one); False where the typo names something else (the other
+    rules decide). A bare name is a task unless a folder of that name is here (``--data data``) and it is no built-in
+    task's name (``vqa``) nor said to be a name (``--dataset-name``): the folder the command runs in decides only what
+    it could not."""
     said = set(words)
     folder = bool(said & _FOLDER_WORDS)
     if not (said & _DATASET_WORDS or (said & _IMAGE_WORDS and folder)):
