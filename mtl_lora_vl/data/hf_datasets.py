@@ -79,7 +79,7 @@ from .hf_images import column_image_rows, list_image_rows
 from .hf_join import EXAMPLE as JOIN_EXAMPLE
 from .hf_join import check_image_table, join_rows
 from .hf_parquet import parquet_files, refuse_joined_saved
-from .hf_slices import is_sliced, parquet_slices, slice_rows, split_row, take_rows, unsliced
+from .hf_slices import is_sliced, parquet_slices, row_name, slice_rows, split_row, take_rows, unsliced
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -153,7 +153,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     if not is_sliced(spec):
         return table, ds
     rows = slice_rows(spec, lengths or {split: len(ds)}, f"hf_datasets {base}")   # (a saved split: its rows)
-    table = dataclasses.replace(table, spec=spec, rows=rows)
+    table = dataclasses.replace(table, spec=spec, rows=rows, lengths=tuple((lengths or {split: len(ds)}).items()))
     return table, take_rows(ds, table.rows)
 
 
@@ -358,23 +358,27 @@ def read_hf_datasets(
     source = f"datasets {table}"
     names = list(ds.column_names)
 
+    def name(i: int) -> str:   # row i as messages name it: its split's row number (row_name), where it is sliced
+        return f"{source} {row_name(table, i)}"
+
     mapping = _column_map(columns, names, source, [c for c in names if is_image_feature(ds.features[c])],
                           [c for c in names if is_image_feature(list_element(ds.features[c]))],
                           joined=image_table is not None)
     if "images" in mapping:
         several = list_image_rows if isinstance(mapping["images"], str) else column_image_rows
         return examples_from_rows(several(root, table, ds, mapping, images, source),
-                                  at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
+                                  at=name, source=source, image_of=lambda r: r["image"],
                                   check=ImageChecker(verify, strict), class_names=class_names,
                                   one_per_image=one_per_image)
     src, src_ds, image_col, at = table, ds, mapping.get("image"), None   # at: per row, its image's row of src
     if image_table is not None:   # the images kept in another table, joined by image id (GQA's hub configs)
         src, src_ds = _open_images(root, image_table, unsliced(split), _cache_under(root, cache_dir))
-        image_col, at = join_rows(src_ds, image_table, ds, mapping, source, f"datasets {src}")
+        image_col, at = join_rows(src_ds, image_table, ds, mapping, source, f"datasets {src}",
+                                    lambda i: row_name(table, i))
     row_of = (lambda i: i) if at is None else at.__getitem__
     image_where = repr(image_col) if at is None else f"{image_col!r} of the image table {src}"
     if isinstance(image_col, list):   # a path of several columns' text (Karpathy's filepath + filename)
-        kind, column, images_of = "path", None, path_cells(ds, image_col, source)
+        kind, column, images_of = "path", None, path_cells(ds, image_col, source, table)
     else:
         kind = image_kind(src_ds.features[image_col], f"datasets {src}", image_col)
         column = src_ds.select_columns([image_col]).with_format("arrow")[:].column(0)
@@ -389,7 +393,7 @@ def read_hf_datasets(
         question = mapping.get("question")
         labels = [None if question is not None and r[question] not in (None, "") else r[mapping["label"]]
                   for r in meta]
-        refuse_unlabelled(labels, mapping["label"], source)
+        refuse_unlabelled(labels, mapping["label"], source, table)
         if class_names is None:
             class_names = list(label_feature.names)
         else:   # (the classes its rows use: a subset's ClassLabel keeps every name of the whole set)
@@ -444,9 +448,9 @@ def read_hf_datasets(
             if given_id:
                 first_ref, first = by_id.setdefault(str(row["image_id"]), (ref, i))
                 if row_of(first) != j and digest(row_of(first)) != digest(j):   # (rows would share the first's image)
-                    raise DataFormatError(f"{source} row {i}: image_id {row['image_id']!r} was given to another image "
-                                          f"at row {first}; image ids must name one image (fix the column, or map "
-                                          "image_id to another one with columns=...)")
+                    raise DataFormatError(f"{name(i)}: image_id {row['image_id']!r} was given to another image at "
+                                          f"{row_name(table, first)}; image ids must name one image (fix the column, "
+                                          "or map image_id to another one with columns=...)")
             elif digest(j) in named:   # no id, but another row names these bytes: that image
                 row["image_id"] = named[digest(j)]
                 first_ref, _ = by_id.setdefault(row["image_id"], (ref, i))
@@ -461,11 +465,11 @@ def read_hf_datasets(
             try:
                 row["image"] = resolve_under(root, Path(images) / img_path)
             except PathEscapeError as e:   # a URL, an absolute path or '..': name the row
-                raise PathEscapeError(f"{source} row {i}: {e}") from None
+                raise PathEscapeError(f"{name(i)}: {e}") from None
         else:
             there = "" if at is None else f" (its row {j}, whose key is the row's image id)"
-            raise DataFormatError(f"{source} row {i}: no image in column {image_where}{there}")
+            raise DataFormatError(f"{name(i)}: no image in column {image_where}{there}")
         rows.append((i, row))
-    return examples_from_rows(rows, at=lambda n: f"{source} row {n}", source=source, image_of=lambda r: r["image"],
+    return examples_from_rows(rows, at=name, source=source, image_of=lambda r: r["image"],
                               check=ImageChecker(verify, strict), class_names=class_names,
                               one_per_image=one_per_image)

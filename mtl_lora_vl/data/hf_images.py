@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import DataFormatError, PathEscapeError, resolve_under
-from .hf_slices import split_row
+from .hf_slices import row_name, split_row
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -41,7 +41,7 @@ class DatasetListImage(DatasetImage):
         return super().stored()[self.position]
 
     def __str__(self) -> str:
-        return f"{self.table} row {self.row} column {self.column!r} position {self.position}"
+        return f"{self.table} {row_name(self.table, self.row)} column {self.column!r} position {self.position}"
 
 
 def _element_kind(ds: Any, column: str, source: str) -> str:
@@ -84,9 +84,9 @@ def list_image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str,
     found = _list_items(column, kind)
     for i, items in enumerate(found):
         if not items or len(items) < 2:
-            raise DataFormatError(f"{source} row {i}: column {col!r} holds {len(items or [])} image(s); a row of "
-                                  "several images needs two or more (fix or remove the row; a table of one image "
-                                  "per row maps a column of single images as image)")
+            raise DataFormatError(f"{source} {row_name(table, i)}: column {col!r} holds {len(items or [])} image(s); "
+                                  "a row of several images needs two or more (fix or remove the row; a table of one "
+                                  "image per row maps a column of single images as image)")
 
     def stored(i: int, j: int) -> Any:   # an element's encoded image, as an Arrow scalar (not copied out)
         value = column[i][j]
@@ -126,7 +126,7 @@ def _image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any
     meta = (ds.select_columns(list(dict.fromkeys(others.values()))).with_format("arrow")[:].to_pylist()
             if others else [{} for _ in range(len(ds))])
     if label_names is not None:
-        refuse_unlabelled([r[mapping["label"]] for r in meta], mapping["label"], source)
+        refuse_unlabelled([r[mapping["label"]] for r in meta], mapping["label"], source, table)
 
     def same(j: int, a: Any, b: Any) -> bool:   # two rows' images at position j: the same bytes, or the same path
         if isinstance(a, DatasetImage) and isinstance(b, DatasetImage):
@@ -148,10 +148,10 @@ def _image_rows(root: Path, table: DatasetTable, ds: Any, mapping: dict[str, Any
                 try:
                     parts.append(resolve_under(root, Path(images) / img_path))
                 except PathEscapeError as e:
-                    raise PathEscapeError(f"{source} row {i} {where(j)}: {e}") from None
+                    raise PathEscapeError(f"{source} {row_name(table, i)} {where(j)}: {e}") from None
             else:
-                raise DataFormatError(f"{source} row {i} {where(j)}: no image (neither bytes nor a path; a row of "
-                                      "several images needs each of them); fix or remove the row")
+                raise DataFormatError(f"{source} {row_name(table, i)} {where(j)}: no image (neither bytes nor a path; "
+                                      "a row of several images needs each of them); fix or remove the row")
         sources = ImageSources(parts)
         if row.get("image_id") not in (None, ""):   # rows of one id and the same images share one reference each
             first, n = by_id.setdefault(str(row["image_id"]), (sources, i))

@@ -19,6 +19,7 @@ unsliced; one parquet file or one saved ``Dataset`` is read whole), from the sam
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from typing import Any
 
 from .common import DataFormatError, ReaderOptionError
@@ -143,11 +144,11 @@ def _refuse_two_images(a: Any, b: Any, rows: tuple[int, int], k: Any, key: str, 
 
 
 def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dict[str, Any], source: str,
-              where: str) -> tuple[str, list[int]]:
+              where: str, at_row: Callable[[int], str] = "row {}".format) -> tuple[str, list[int]]:
     """The image table's image column, and per row of ``ds`` (the rows, read as ``source``) the row of ``images_ds``
     (the image table, read as ``where``) whose ``image_table["key"]`` is the row's image id (its first row where
     the key repeats on rows of one image); refused where the key names two images, or a row's image id is blank or
-    not in the image table."""
+    not in the image table. ``at_row(i)``: how a message names row ``i`` of ``ds`` (:func:`.hf_slices.row_name`)."""
     check_image_table(image_table, mapping)
     image_col = _image_column(images_ds, image_table, where)
     key = _column(image_table["key"], list(images_ds.column_names), "key", where)
@@ -165,7 +166,7 @@ def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dic
     keys = [_key(v) for v in ids]
     blank = [i for i, k in enumerate(keys) if k is None]
     if blank:
-        raise DataFormatError(f"{source} row {blank[0]}: no image id in column {col!r} ({len(blank)} of {len(ids)} "
+        raise DataFormatError(f"{source} {at_row(blank[0])}: no image id in column {col!r} ({len(blank)} of {len(ids)} "
                               "rows), which image_table looks the row's image up by; fix or remove those rows")
     missing = [i for i, k in enumerate(keys) if k not in at]
     if missing:
@@ -174,7 +175,7 @@ def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dic
         none = (f"; no row's id is a key there (its keys read e.g. {list(at)[:3]}, the rows' ids e.g. "
                 f"{list(dict.fromkeys(ids))[:3]}): is {key!r} the column of the ids that {col!r} gives (image_table's "
                 "key), and the image table the rows' own" if len(missing) == len(ids) and at else "")
-        raise DataFormatError(f"{source} row {i}: image id {ids[i]!r} (column {col!r}) is not in column {key!r} of "
+        raise DataFormatError(f"{source} {at_row(i)}: image id {ids[i]!r} (column {col!r}) is not in column {key!r} of "
                               f"the image table {where} ({len(missing)} of {len(ids)} rows' images missing){none}; "
                               "give the image table of the rows' split (image_table = {..., split = \"...\"} where "
                               "its split is named otherwise), or remove those rows")

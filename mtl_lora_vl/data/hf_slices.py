@@ -19,7 +19,8 @@ from typing import Any
 
 from .hf_parquet import parquet_files
 
-__all__ = ["is_sliced", "parquet_slices", "slice_names", "slice_rows", "split_row", "take_rows", "unsliced"]
+__all__ = ["is_sliced", "parquet_slices", "row_name", "slice_names", "slice_rows", "split_row", "take_rows",
+           "unsliced"]
 
 #: Where a split of the task spec slices rows: a part ``name[...]`` (or ``name[...](rounding)``).
 _SLICE = re.compile(r"[\[(]")
@@ -98,6 +99,20 @@ def split_row(rows: tuple[tuple[int, int], ...], i: int) -> int:
             return a + i
         i -= b - a
     return i
+
+
+def row_name(table: Any, i: int) -> str:
+    """How a message names row ``i`` of ``table`` (a :class:`.hf_table.DatasetTable` as read): ``row i`` where it
+    reads its split(s) whole; else by the row's number in its split, the row a user opening the file looks at, beside
+    its place in the slice: ``row 105 of split 'train' (row 5 of the slice)`` for row 5 of ``train[100:200]``."""
+    if not table.rows:
+        return f"row {i}"
+    n = split_row(table.rows, i)
+    for split, length in table.lengths:   # (the splits' rows one after another: the split that holds row n)
+        if n < length:
+            return f"row {n} of split {split!r} (row {i} of the slice)"
+        n -= length
+    return f"row {n} (row {i} of the slice)"
 
 
 def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[list[str], dict[str, int]]:

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from ..whole_files import read_whole
 from .common import TRUTH_VALUES, DataFormatError, ReaderOptionError, class_name_order
-from .hf_slices import take_rows
+from .hf_slices import row_name, take_rows
 from .images import ImageError
 
 __all__ = ["DatasetImage", "DatasetTable", "byte_lengths", "byte_tails", "check_path_parts", "class_label_names",
@@ -150,6 +150,7 @@ class DatasetTable:
     stamp: str = ""                 # of the files' sizes and times when read: a rewritten dataset is another table
     rows: tuple[tuple[int, int], ...] = ()   # the rows read, ranges of the split's (its slices, hf_slices); (): all
     spec: str = ""                  # the split as the task spec slices it (train[:10%]), shown; "": as split
+    lengths: tuple[tuple[str, int], ...] = ()   # where sliced: each split's rows, what rows are numbered in
     # column -> that column opened, once per process (a worker opens its own: not pickled); freed with the table
     opened: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # per Arrow file in row order, as checked first in this process: (row after its last, ((file, size, time), ...)),
@@ -327,7 +328,7 @@ class DatasetImage:
         return cells[self.row]
 
     def __str__(self) -> str:
-        return f"{self.table} row {self.row} column {self.column!r}"
+        return f"{self.table} {row_name(self.table, self.row)} column {self.column!r}"
 
 
 def list_element(feature: Any) -> Any | None:
@@ -404,7 +405,7 @@ def check_path_parts(parts: Any) -> None:
                                 f"give each part of the path once, folders first ({_PARTS_EXAMPLE})")
 
 
-def path_cells(ds: Any, parts: list[str], source: str) -> list[tuple[bool, str | None]]:
+def path_cells(ds: Any, parts: list[str], source: str, table: DatasetTable) -> list[tuple[bool, str | None]]:
     """Per row of ``ds``: (False, the path its cells of the text columns ``parts`` make, joined with "/" in order),
     as :func:`image_cells` gives a column of paths. A blank folder part is left out (Flickr30k's Karpathy rows have
     no ``filepath``), a blank file name (the last part) refused naming its row."""
@@ -420,8 +421,9 @@ def path_cells(ds: Any, parts: list[str], source: str) -> list[tuple[bool, str |
     out: list[tuple[bool, str | None]] = []
     for i, values in enumerate(zip(*(cells[c] for c in parts))):
         if values[-1] is None or not values[-1].strip():
-            raise DataFormatError(f"{source} row {i}: no file name in column {parts[-1]!r} (image = {parts} joins "
-                                  f"the path from those columns, the file name last); fix or remove the row")
+            raise DataFormatError(f"{source} {row_name(table, i)}: no file name in column {parts[-1]!r} (image = "
+                                  f"{parts} joins the path from those columns, the file name last); fix or remove "
+                                  "the row")
         out.append((False, _joined_path(v for v in values if v is not None and v.strip())))
     return out
 
@@ -467,16 +469,16 @@ def truth_names(names: list[str], column: str, source: str) -> list[str]:
     return names
 
 
-def refuse_unlabelled(labels: list[Any], column: str, source: str) -> None:
+def refuse_unlabelled(labels: list[Any], column: str, source: str, table: DatasetTable) -> None:
     """Refuse the rows of a ``ClassLabel`` label column ``column`` that hold -1: ``datasets``' value for a row with
     no label (a hub test split's rows often have none). Such a row can neither train nor be scored, and a blank
     label is refused by every other reader, so it is named here rather than as an index out of range."""
     rows = [i for i, v in enumerate(labels) if v == -1 and not isinstance(v, bool)]
     if rows:
-        raise DataFormatError(f"{source} row {rows[0]}: label -1 in ClassLabel column {column!r} ({len(rows)} of "
-                              f"{len(labels)} rows); -1 means unlabelled (the datasets convention for a row without "
-                              "a label, as in many hub test splits), and a row needs its label to train or be "
-                              "scored: give a split with labels, or remove those rows "
+        raise DataFormatError(f"{source} {row_name(table, rows[0])}: label -1 in ClassLabel column {column!r} "
+                              f"({len(rows)} of {len(labels)} rows); -1 means unlabelled (the datasets convention for "
+                              "a row without a label, as in many hub test splits), and a row needs its label to train "
+                              "or be scored: give a split with labels, or remove those rows "
                               f"(ds.filter(lambda r: r[{column!r}] != -1) and save it again)")
 
 
