@@ -72,8 +72,8 @@ def test_a_sliced_split_of_a_saved_dataset_dict_reads_its_rows(tmp_path):
     datasets.DatasetDict({"train": _table("train", 10), "test": _table("test", 5)}).save_to_disk(str(root / "saved"))
     assert _rows(root, "saved", "train[-3:]", None) == [("train 7", 7), ("train 8", 8), ("train 9", 9)]
     assert _rows(root, "saved", "test[20%:40%]", None) == [("test 1", 1)]
-    with pytest.raises(ValueError, match=r"split 'train\+test' joins the splits \['train', 'test'\] with '\+', which "
-                                         r"reads a folder of parquet files"):
+    with pytest.raises(ValueError, match=r"split 'train\[:2\]\+test\[:2\]' joins the splits \['train', 'test'\] with "
+                                         r"'\+', which reads a folder of parquet files"):
         read_split("hf_datasets", root, path="saved", split="train[:2]+test[:2]")
 
 

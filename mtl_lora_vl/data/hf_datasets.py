@@ -124,7 +124,7 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
     spec, split = split, unsliced(split)   # (datasets' slices, train[:10%]: rows of the split, hf_slices)
     lengths: dict[str, int] = {}   # each split's rows, where spec slices them (a saved split's: when opened)
     if base.is_dir() and ((base / "dataset_dict.json").is_file() or (base / "state.json").is_file()):
-        refuse_joined_saved(base, split)   # ('+' joins a parquet folder's splits)
+        refuse_joined_saved(base, split, spec)   # ('+' joins a parquet folder's splits)
         # a DatasetDict by its split names, each split loaded alone (a dict with a split saved empty cannot be loaded)
         ds = _saved_splits(base)
         ds = load_saved(base, str(base)) if ds is None else ds

@@ -460,13 +460,14 @@ def _split_files(base: Path, files: list[Path], split: str, shown: Path) -> tupl
     return mine, left
 
 
-def refuse_joined_saved(base: Path, split: str | None) -> None:
+def refuse_joined_saved(base: Path, split: str | None, shown: str | None = None) -> None:
     """Refuse a split joined with ``+`` (:func:`parquet_files`) of ``base``, a ``save_to_disk`` folder: its splits are
     each read from a folder of its own, one at a time, and the refusal said only "split 'train+extra' not found"
-    beside a list holding both."""
+    beside a list holding both. ``shown``: the split as the task spec writes it, sliced (``train[:2]+test[:2]``;
+    ``split`` is it without its slices), named in the refusal."""
     if split is None or "+" not in split:
         return
-    parts = joined_splits(split)
+    parts, split = joined_splits(split), shown or split
     raise ValueError(f"hf_datasets {base}: split {split!r} joins the splits {parts} with '+', which reads a folder of "
                      "parquet files (or a parquet file); a save_to_disk folder's splits are read one at a time. Write "
                      "them as parquet files and give that folder as path, e.g. dd[name].to_parquet(f\"my_data/"
