@@ -338,12 +338,14 @@ def _other_format(base: Path) -> str:
     return how.format(file=base, saved=f', e.g. path = "{saved}"' if saved else "")
 
 
-def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None = None) -> list[str]:
+def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None = None,
+                  written: str | None = None) -> list[str]:
     """The parquet files under ``base`` (a file, or a folder of them) that hold split ``split`` (None: every file, one
     split), as ``datasets`` reads a split from file and folder names; refused, saying what to set, where the split
     selects nothing, would mix several splits or configs, or ``base`` holds no parquet file. A split joined with
     ``+`` (``train+train_extra``, as ``datasets``' ``load_dataset(split=...)`` joins splits) is each part's files, in
-    order, each file once. ``shown``: ``base`` as the spec names it (a refusal's hints name paths so)."""
+    order, each file once. ``shown``: ``base`` as the spec names it (a refusal's hints name paths so); ``written``:
+    the split as the spec writes it, where it slices ``split`` (``train[:10]``, :mod:`.hf_slices`)."""
     parts = _joined_parts(base, split)
     shown = base if shown is None else Path(shown)
     if base.is_file():
@@ -355,6 +357,14 @@ def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None
                              f"{_other_format(base)}")
         if split is not None and not all(_in_split(base, base.parent, part) for part in parts):
             split = next(part for part in parts if not _in_split(base, base.parent, part))
+            if written is not None:   # (leaving split out, as below, would read every row: the slice dropped)
+                raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
+                                 f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {written!r} slices "
+                                 f"nothing here, as split = {split!r} selects nothing (every split would read the same "
+                                 "rows; datasets' load_dataset calls a lone file 'train' whatever its name): to slice "
+                                 f"its rows, name the file for its split, e.g. "
+                                 f"{base.with_name(f'{base.stem}_{split}{base.suffix}')}, and keep split = "
+                                 f"{written!r}; or leave split out to read all of it")
             raise ValueError(f"hf_datasets {base}: one parquet file is one table, and its name does not say split "
                              f"{split!r} ('{split}-*.parquet', '*_{split}.parquet'), so split = {split!r} selects "
                              "nothing (every split would read the same rows); leave split out where the file is that "

@@ -124,7 +124,7 @@ def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[li
     files: list[str] = []
     lengths: dict[str, int] = {}
     for name in slice_names(split):
-        mine = parquet_files(base, name, shown)
+        mine = parquet_files(base, name, shown, written=split)
         both = [f for f in mine if f in files]
         if both:
             raise ValueError(f"hf_datasets {base}: split {split!r} slices the splits {slice_names(split)}, and the "
