@@ -38,20 +38,32 @@ _CACHE_ENTRIES = getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame
                          "_debug_get_cache_entry_list", None)
 #: Dynamo's frame callback now: set (truthy) in the frames a compiled call runs eagerly, None in eager code; always
 #: None where this torch lacks the (private) function. A C call: no frame of its own for Dynamo to convert.
+#: The mark :func:`skip_top_frame` leaves on a function whose frame Dynamo skips at the top of a compiled call.
+_SKIPPED = "_mtl_lora_top_frame_skipped"
 compiled_call_running = getattr(getattr(getattr(torch._C, "_dynamo", None), "eval_frame", None),
                                 "get_eval_frame_callback", lambda: None)
 
 
-def skip_top_frame(function: Any) -> None:
+def skip_top_frame(function: Any) -> bool:
     """Make Dynamo run ``function``'s frame eagerly where it is the top frame of a compiled call (``torch.compile(m)``
     / ``m.compile()`` of a module whose ``forward`` it is), converting the frames it calls as frames of their own;
     inlined into a frame Dynamo traces (another module's compiled forward) it is traced as any function, with no
     graph break (``torch.compiler.disable(recursive=False)`` would break there). ``MTLLoRAModel.forward``: a call's own
-    tasks are routed outside the graph, as by a scope around the compiled call. Nothing where this torch lacks the
-    (private) ``torch._dynamo.eval_frame.skip_code``: the frame is traced, a graph per list of tasks, as before."""
+    tasks are routed outside the graph, as by a scope around the compiled call. Whether it did: the function is marked
+    (:func:`_top_frame_skipped`). Nothing where this torch lacks the (private) ``torch._dynamo.eval_frame.skip_code``:
+    the frame is traced, a graph per list of tasks, and its calls are noted so, as before."""
     skip = getattr(getattr(getattr(torch, "_dynamo", None), "eval_frame", None), "skip_code", None)
-    if skip is not None:
-        skip(function.__code__)
+    if skip is None:
+        return False
+    skip(function.__code__)
+    setattr(function, _SKIPPED, True)
+    return True
+
+
+def _top_frame_skipped(model: nn.Module) -> bool:
+    """Whether the ``forward`` that ``model``'s compiled call runs is one :func:`skip_top_frame` skipped (not a
+    subclass's own forward, which Dynamo traces, nor one of a torch lacking ``skip_code``)."""
+    return getattr(getattr(type(model), "forward", None), _SKIPPED, False)
 
 
 def compiled_entry(model: nn.Module | Router) -> tuple[nn.Module, nn.Module] | None:
@@ -164,7 +176,8 @@ class _WatchedCall:
 
     def __init__(self, impl: Any, router: Router, model: nn.Module):
         self.impl, self.router, self.model = impl, router, model
-        traced = model._modules.get(getattr(type(model), "compiled_submodule", ""), model)   # (MTLLoRAModel's)
+        self.skipped = _top_frame_skipped(model)   # (MTLLoRAModel's: its base model's forward is the one compiled)
+        traced = model._modules.get(getattr(type(model), "compiled_submodule", ""), model) if self.skipped else model
         self.code = getattr(getattr(traced, "forward", None), "__code__", None)   # the frame Dynamo converts
         self.seen = _watches(router).seen
         self.keywords = getattr(type(model), "route_keywords", ())   # a call's own tasks (MTLLoRAModel's tasks=)
@@ -181,13 +194,14 @@ class _WatchedCall:
         the scopes open around it (route, disabled, both) count as a mode more. A call given its tasks
         (``model(x, tasks=[...])``, one of the model's ``route_keywords``) is routed as a scope around it would be
         (the model's forward, which opens its route, runs eagerly: :func:`skip_top_frame`): its route is made here
-        and given to the call in their place (:func:`_call_route`), the ids read to the host once."""
+        and given to the call in their place (:func:`_call_route`), the ids read to the host once. Where the
+        forward that runs is traced (a subclass's own, or no ``skip_code``): a graph per value (:func:`_call_tasks`)."""
         if torch.compiler.is_compiling():
             return None
         router = self.router
         if self.code is not None:
             _forget_if_reset(router, self.code, self.seen)
-        called = _call_route(kwargs, self.keywords, router) if kwargs and self.keywords else None
+        called = _call_route(kwargs, self.keywords, router) if kwargs and self.keywords and self.skipped else None
         if called is not None:
             key, r = called
             if router.disabled:   # (the call's own route is ignored, as under a disabled scope)
@@ -195,8 +209,10 @@ class _WatchedCall:
             else:
                 note_compiled_tasks(router, r.present, compiled_mode(self.model))
             return args, {**kwargs, key: r}
-        if args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch: the model routes it itself
+        present = _call_tasks(kwargs, self.keywords) if kwargs and self.keywords and not self.skipped else None
+        if present is None and args and isinstance(args[0], dict) and args[0].get("segments"):   # a batch
             present = tuple(sorted({int(t) for t, _, _ in args[0]["segments"]}))
+        if present is not None:   # the model routes this call itself
             outer = ("disabled",) * router.disabled + ("routed",) * (router.current is not None)
             note_compiled_tasks(router, present, compiled_mode(self.model) + outer)
         elif router.disabled:   # Dynamo guards on the depth of nested disabled scopes: a graph per depth
@@ -204,6 +220,25 @@ class _WatchedCall:
         elif router.current is not None:
             note_compiled_tasks(router, router.current.present, compiled_mode(self.model))
         return None
+
+
+def _call_tasks(kwargs: dict, keywords: tuple[str, ...]) -> tuple | None:
+    """What a compiled call given its own tasks (``keywords``) compiles a graph per where its forward is traced (not
+    skipped: a subclass's own, or a torch lacking ``skip_code``), or None where it was given none. Names, ids and
+    lists of them are constants of the graph, which Dynamo guards on one by one: a graph per value (``["a", "b"]``
+    and ``["b", "a"]`` two), the value tagged ``tasks=``. Per-row ids in a tensor break the graph before the route
+    (its ids are read on the host): the frames after it compile a graph per set of present tasks, as a route scope's
+    (read here, a host copy of the ids)."""
+    for key in keywords:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            return tuple(sorted({int(t) for t in value.reshape(-1).tolist()}))
+        if isinstance(value, Route):
+            return value.present
+        return ("tasks=", *value) if isinstance(value, (list, tuple)) else ("tasks=", value)
+    return None
 
 
 def _call_route(kwargs: dict, keywords: tuple[str, ...], router: Router) -> tuple[str, Route] | None:
