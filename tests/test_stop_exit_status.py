@@ -194,3 +194,20 @@ def test_a_first_sigterm_during_the_last_check_is_not_lost(monkeypatch, tmp_path
     evaluation (the loop's handler noted it: it is sent again to the one outside, Terminated's 143)."""
     assert _signals_at_the_last_check(monkeypatch, tmp_path, [], signal.SIGTERM) == 143
     assert not (tmp_path / "run" / "eval.json").exists()
+
+
+def test_a_sigterm_outside_the_loop_says_what_stopped_the_run(monkeypatch, capfd):
+    """Helper 528: a SIGTERM in the set-up or the final evaluation (``terminate_raises``' Terminated) exited 143 and
+    printed nothing at all: a scheduler's log did not say what ended the run. Now one line says it, as the loop's stop
+    line does; a Ctrl-C there stays silent (the terminal shows it)."""
+    def set_up(opts, given):  # noqa: ARG001
+        signal.raise_signal(signal.SIGTERM)   # (train's handler: Terminated)
+    monkeypatch.setattr(train_module, "_train", set_up)
+    assert run_command("warning", train_module.train, None) == 143
+    assert capfd.readouterr().err.splitlines() == ["[mtl-lora-vl] warning: SIGTERM: stopped at once (exit status 143)"]
+
+    def interrupted(opts, given):  # noqa: ARG001
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "_train", interrupted)
+    assert run_command("warning", train_module.train, None) == 130
+    assert capfd.readouterr().err == ""

@@ -23,9 +23,9 @@ from typing import Any
 from jsonargparse import ArgumentParser
 
 from ..lazy_names import imported
-from ..log import cli_logging, debug_tracebacks
+from ..log import cli_logging, debug_tracebacks, rank_prefix
 from ..options import EvalOptions, TrainOptions
-from ..training.stopping import RunStopped
+from ..training.stopping import RunStopped, Terminated
 from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_train_parser", "eval_main", "exit_code", "parse_eval_args", "parse_train_args", "program_name",
@@ -62,8 +62,11 @@ def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
     with cli_logging(level) as log:
         try:
             fn(*args)
-        except KeyboardInterrupt as e:
-            return getattr(e, "exit_code", 130)   # 143: SIGTERM outside the loop (stopping.Terminated)
+        except Terminated as e:   # SIGTERM outside the loop's steps: said, as the loop's stop line says its signal
+            logger.warning("%sSIGTERM: stopped at once (exit status %d)", rank_prefix(), e.exit_code)
+            return e.exit_code   # (a scheduler's log said nothing of what ended the run)
+        except KeyboardInterrupt:
+            return 130
         except RunStopped as e:  # the loop logged it; not 0, so `train && evaluate` does not go on
             return e.exit_code
         except EXPECTED as e:
