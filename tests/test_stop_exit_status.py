@@ -96,21 +96,22 @@ class _Lock:
     """The run's lock, whose close gets a SIGTERM (torchrun's to a rank when a peer failed, a scheduler's after a
     Ctrl-C): the clean-up after an error or a stop, under ``train``'s ``terminate_raises``."""
 
-    def __init__(self, closed: list[str]):
-        self.closed = closed
+    def __init__(self, closed: list[str], signum: int = signal.SIGTERM):
+        self.closed, self.signum = closed, signum
 
     def close(self) -> None:
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL   # (it would end pytest)
-        signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(self.signum) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(self.signum)
         self.closed.append("lock")
 
 
-def _failing_run(monkeypatch, tmp_path, error: BaseException) -> list[str]:
+def _failing_run(monkeypatch, tmp_path, error: BaseException, signum: int = signal.SIGTERM) -> list[str]:
     """``_train`` as it is, on a run whose optimization fails with ``error`` (the set-up and the loader stubbed: no
-    model); returns what its clean-up let go, in order."""
+    model), ``signum`` sent as its clean-up closes the lock; returns what its clean-up let go, in order."""
     closed: list[str] = []
     info = SimpleNamespace(is_main=True, enabled=False, device=None)
-    run = SimpleNamespace(info=info, dir=tmp_path, opts=None, lock=_Lock(closed), setup=SimpleNamespace(model=None),
+    run = SimpleNamespace(info=info, dir=tmp_path, opts=None, lock=_Lock(closed, signum),
+                          setup=SimpleNamespace(model=None),
                           total_steps=1, amp_dtype=None)
     monkeypatch.setattr(train_module, "start", lambda opts, given: run)
     monkeypatch.setattr(train_module, "build_loader", lambda r: SimpleNamespace(close=lambda: closed.append("loader")))
@@ -211,3 +212,25 @@ def test_a_sigterm_outside_the_loop_says_what_stopped_the_run(monkeypatch, capfd
     monkeypatch.setattr(train_module, "_train", interrupted)
     assert run_command("warning", train_module.train, None) == 130
     assert capfd.readouterr().err == ""
+
+
+def test_a_ctrl_c_in_an_errors_clean_up_leaves_the_error_and_its_message(monkeypatch, tmp_path, capfd):
+    """Helper 528: a Ctrl-C in the clean-up after an error (the user pressing it as a failing run is slow to close)
+    replaced the error: the command exited 130 and the error's message was printed nowhere. The Ctrl-C still cuts the
+    clean-up short, but the error is what the command reports: its line and status 2, a bug's traceback."""
+    closed = _failing_run(monkeypatch, tmp_path, ValueError("--lr -1: give a positive learning rate"), signal.SIGINT)
+    assert run_command("warning", train_module.train, None) == 2
+    err = capfd.readouterr().err.splitlines()
+    assert err == ["[mtl-lora-vl] warning: Ctrl-C: the clean-up after the error below is cut short",
+                   "[mtl-lora-vl] error: --lr -1: give a positive learning rate"]
+    assert closed == ["loader", "undo", "loader"]   # (cut at the lock)
+
+    _failing_run(monkeypatch, tmp_path, TypeError("a bug"), signal.SIGINT)
+    with pytest.raises(TypeError, match="a bug"):
+        run_command("warning", train_module.train, None)
+
+
+def test_a_ctrl_c_in_a_stops_clean_up_still_aborts(monkeypatch, tmp_path):
+    """After a stop (not an error) a Ctrl-C in its clean-up escalates it, as in the loop: 130."""
+    _failing_run(monkeypatch, tmp_path, RunStopped(Path("run"), 3, signal.SIGTERM), signal.SIGINT)
+    assert run_command("warning", train_module.train, None) == 130

@@ -12,8 +12,8 @@ from pathlib import Path
 from ..log import rank_prefix
 from ..signal_handlers import handlers_set
 
-__all__ = ["RunStopped", "StopRequest", "Terminated", "first_stop", "stop_at_step_boundary", "stop_signals_ignored",
-           "terminate_ignored", "terminate_raises"]
+__all__ = ["RunStopped", "StopRequest", "Terminated", "cleaning_up_after", "first_stop", "stop_at_step_boundary",
+           "stop_signals_ignored", "terminate_ignored", "terminate_raises"]
 
 logger = logging.getLogger(__name__)
 
@@ -140,3 +140,21 @@ def terminate_ignored() -> Iterator[None]:
     raises (the user's own way to stop at once)."""
     with handlers_set({signal.SIGTERM: signal.SIG_IGN}):
         yield
+
+
+@contextlib.contextmanager
+def cleaning_up_after(cause: BaseException) -> Iterator[None]:
+    """While open (main thread): the clean-up after ``cause``, an error or a stop, under :func:`terminate_ignored`. A
+    Ctrl-C still cuts it short (the user's own way to stop at once), but after an error (an ``Exception`` other than
+    :class:`RunStopped`) the error stays what the command reports -- its message and status (2), a bug's traceback --:
+    the rest of the clean-up is skipped, one line says so, and ``cause`` goes on (the caller re-raises it). There the
+    ``KeyboardInterrupt`` replaced the error, and the command exited 130 without its message. After a stop a Ctrl-C
+    escalates it, as in the loop (130)."""
+    try:
+        with terminate_ignored():
+            yield
+    except KeyboardInterrupt as e:
+        if not isinstance(cause, Exception) or isinstance(cause, RunStopped):
+            raise
+        logger.warning("%s%s: the clean-up after the error below is cut short", rank_prefix(),
+                       "SIGTERM" if isinstance(e, Terminated) else "Ctrl-C")

@@ -76,7 +76,7 @@ from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .run import Run
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
-from .stopping import RunStopped, stop_at_step_boundary, stop_signals_ignored, terminate_ignored, terminate_raises
+from .stopping import RunStopped, cleaning_up_after, stop_at_step_boundary, stop_signals_ignored, terminate_raises
 from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
         barrier(run.info)
         if run.info.is_main:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
-    except BaseException:   # an error or a stop: a SIGTERM in its clean-up (torchrun's when a peer failed, a
-        with terminate_ignored():   # scheduler's after a Ctrl-C) neither cuts it short nor replaces what ended the run
+    except BaseException as e:   # an error or a stop: a SIGTERM in its clean-up (torchrun's when a peer failed, a
+        with cleaning_up_after(e):   # scheduler's after a Ctrl-C) neither cuts it short nor replaces what ended it
             try:
                 with stop_signals_ignored():   # (nor a Ctrl-C the put-back)
                     if loader is not None:
@@ -186,8 +186,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             write_config(run_dir, opts, run.resolved)
         if info.is_main:
             logger.info("%s", describe(run))
-    except BaseException:   # (also a SIGTERM or Ctrl-C before the lock: the replaced run is put back)
-        with terminate_ignored():   # (a SIGTERM now: as in _train's clean-up)
+    except BaseException as e:   # (also a SIGTERM or Ctrl-C before the lock: the replaced run is put back)
+        with cleaning_up_after(e):   # (a SIGTERM or Ctrl-C now: as in _train's clean-up)
             if info.is_main and not held_elsewhere:
                 with stop_signals_ignored():
                     undo_overwrite(run_dir, opts, lock)
