@@ -234,3 +234,42 @@ def test_a_ctrl_c_in_a_stops_clean_up_still_aborts(monkeypatch, tmp_path):
     """After a stop (not an error) a Ctrl-C in its clean-up escalates it, as in the loop: 130."""
     _failing_run(monkeypatch, tmp_path, RunStopped(Path("run"), 3, signal.SIGTERM), signal.SIGINT)
     assert run_command("warning", train_module.train, None) == 130
+
+
+# eval and export, whose work (patched in: no torch) is cut by a signal as it writes its result through atomic_file
+_COMMAND_CHILD = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)   # as from a terminal, however pytest was started
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+from pathlib import Path
+from mtl_lora_vl.cli import commands, export
+from mtl_lora_vl.io.atomic import atomic_file
+
+command, signame = sys.argv[1:]
+
+def work(*args, **kwargs):
+    with atomic_file(Path("eval.json")) as tmp:
+        tmp.write_text("{half")
+        signal.raise_signal(getattr(signal, signame))
+
+if command == "eval":
+    commands.imported = lambda name: work
+    sys.exit(commands.eval_main(["--backbone", "builtin", "--tasks", "color"]))
+export.imported = lambda name: work
+sys.exit(export.export_main(["--adapter", "adapter", "--task", "color", "--out", "merged"]))
+"""
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+@pytest.mark.parametrize("signame, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_eval_and_export_stopped_by_a_signal_leave_no_temporary(tmp_path, command, signame, status):
+    """Helper 528: eval and export set no SIGTERM handler: a scheduler's SIGTERM killed them outright, leaving the
+    temporary of what they were writing (``.eval.json.XXXXXXXX.tmp``; a merged export's as large as the model, until
+    the next write of the same target) and no line. A SIGTERM now stops them as Ctrl-C does: the temporary is removed,
+    one line says what stopped the command, and it exits 143."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _COMMAND_CHILD, command, signame], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == status, out.stdout + out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], out.stderr
+    assert ("SIGTERM: stopped at once" in out.stderr) == (signame == "SIGTERM"), out.stderr

@@ -1,7 +1,7 @@
 """The train and eval commands, and how every command runs: logging, then one clear line per expected failure.
 
 Each ``*_main(argv, prog)`` returns the exit status: 0 done, 2 a bad option or an expected failure (one
-line on stderr; ``-v`` or ``MTL_LORA_VL_DEBUG=1`` shows the traceback), 130 Ctrl-C; a training run stopped
+line on stderr; ``-v`` or ``MTL_LORA_VL_DEBUG=1`` shows the traceback), 130 Ctrl-C, 143 SIGTERM; a training run stopped
 by Ctrl-C or SIGTERM after its checkpoint exits 130 or 143 (``--resume`` continues it). ``prog`` is the name
 ``--help`` shows (``mtl-lora-vl train``, ``train_vl.py``, ``mtl-lora-vl-train``, ...); by default the
 name the program was started as.
@@ -25,7 +25,7 @@ from jsonargparse import ArgumentParser
 from ..lazy_names import imported
 from ..log import cli_logging, debug_tracebacks, rank_prefix
 from ..options import EvalOptions, TrainOptions
-from ..training.stopping import RunStopped, Terminated
+from ..training.stopping import RunStopped, Terminated, terminate_raises
 from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_train_parser", "eval_main", "exit_code", "parse_eval_args", "parse_train_args", "program_name",
@@ -58,10 +58,12 @@ def program_name() -> str:
 
 
 def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
-    """Run ``fn(*args)`` with the command line's logging; an expected failure is one ``error:`` line."""
+    """Run ``fn(*args)`` with the command line's logging; an expected failure is one ``error:`` line. A SIGTERM
+    stops it as Ctrl-C does (its clean-up runs: no temporary left), with one line, and the command exits 143."""
     with cli_logging(level) as log:
         try:
-            fn(*args)
+            with terminate_raises():   # SIGTERM: what the command was writing is cleaned up (eval, export: a killed
+                fn(*args)              # one left its temporary, a merged export's as large as the model), exit 143
         except Terminated as e:   # SIGTERM outside the loop's steps: said, as the loop's stop line says its signal
             logger.warning("%sSIGTERM: stopped at once (exit status %d)", rank_prefix(), e.exit_code)
             return e.exit_code   # (a scheduler's log said nothing of what ended the run)
