@@ -1,5 +1,27 @@
 """Stopping a training run cleanly: Ctrl-C or SIGTERM stops it at the next step boundary, after a
-checkpoint, and the command exits as the signal would have made it (``--resume`` continues the run)."""
+checkpoint, and the command exits as the signal would have made it (``--resume`` continues the run).
+
+What each signal does where (exit status; the first event names it, a later SIGTERM never changes it, a later Ctrl-C
+aborts). Set-up and final evaluation run under :func:`terminate_raises`; the loop (and its last check) under
+:func:`stop_at_step_boundary`; the clean-up after an exception under :func:`cleaning_up_after`:
+
+=====================  ==================  =====================  =====================  =======================
+case                   set-up              loop                   final evaluation       clean-up after it
+=====================  ==================  =====================  =====================  =======================
+Ctrl-C                 130                 stop at step, 130      130                    (see the rows below)
+SIGTERM                143, one line       stop at step, 143      143, one line          ignored
+Ctrl-C, SIGTERM        130                 stop at step, 130      130                    SIGTERM ignored: 130
+SIGTERM, Ctrl-C        130 (abort)         abort, 130             130 (abort)            Ctrl-C cuts it: 130
+SIGTERM, SIGTERM       143                 stop at step, 143      143                    ignored: 143
+error, SIGTERM         (its clean-up)      noted: error           (its clean-up)         ignored: error (2 / 1)
+error, Ctrl-C          (its clean-up)      noted: error           (its clean-up)         cut short: error (2/1)
+=====================  ==================  =====================  =====================  =======================
+
+("noted": the loop's handler takes it as a first stop signal while the error leaves the loop; the error is reported.)
+Between those blocks (a handler being put back, an ``except`` clause's first bytecodes) :func:`first_stop` keeps a
+stop's status where a SIGTERM's Terminated cut into it; an error cut there by a SIGTERM still exits 143 (one line).
+Not covered: ``start``'s ``all_ready`` after a failed set-up (a collective) runs outside :func:`cleaning_up_after`.
+"""
 
 from __future__ import annotations
 
