@@ -42,9 +42,7 @@ import difflib
 import hashlib
 import importlib.resources
 import json
-import logging
 import math
-import os
 import re
 import string
 import tomllib
@@ -55,56 +53,24 @@ from typing import Any
 
 from mtl_lora_vl.config import reserved_file_name
 from mtl_lora_vl.data.common import ReaderOptionError
-from mtl_lora_vl.data.readers import READERS, check_reader_options, read_split, reader_option_names
+from mtl_lora_vl.data.readers import read_split
 from mtl_lora_vl.data.records import Split
-from mtl_lora_vl.data.split_overlap import shared_parts, split_parts
-from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.data.world import build_split
 from mtl_lora_vl.tasks.registry import available_kinds, get_kind
+from mtl_lora_vl.tasks.spec_data import DataSpec, parse_data
+from mtl_lora_vl.tasks.spec_error import SpecError
+from mtl_lora_vl.tasks.spec_error import field_error as _fail
 from mtl_lora_vl.whole_files import FileTooLarge, read_whole
 from mtl_lora_vl.wording import name_hint
 
-logger = logging.getLogger(__name__)
-
-#: Standard dataset formats a spec may name (the readers of :func:`mtl_lora_vl.data.readers.read_split`).
-DATA_FORMATS = tuple(READERS)
-#: Other accepted spellings of a format.
-FORMAT_ALIASES = {"coco": "coco_captions"}
-#: Split tables a ``[data]`` section may hold.
-SPLITS = ("train", "val", "test")
-
 _TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates", "data", "head", "options",
              "generative")
-_BUILTIN_DATA_KEYS = ("source", "seed", "world_kind", *SPLITS)
-_BUILTIN_SPLIT_KEYS = ("n",)
-#: The most examples a built-in world split may be given: scenes are drawn in memory (10**13 drew for ever).
-MAX_WORLD_SPLIT = 1_000_000
 #: The range of a task's loss_weight for training: a policy, well inside float32 (a weight of 1e39 made the weighted
 #: loss inf, so every step was skipped and the run stopped blaming --lr; 1e-300 rounded it to 0). Only the weights'
 #: ratios matter. Not checked where a saved adapter's spec is read back (it trained with what it has).
 _MIN_LOSS_WEIGHT, _MAX_LOSS_WEIGHT = 1e-12, 1e6
 #: A task name is a file name in an adapter folder (tasks/<name>.state.json): 64 characters at most.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
-
-
-class SpecError(ValueError):
-    """A task spec that cannot be used; the message names the file, the field and what was expected."""
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Where a task's examples come from.
-
-    ``source`` is ``"builtin"`` (the built-in world) or ``"files"`` (``format`` names the reader).
-    ``options`` are shared by every split (builtin: ``seed``, ``world_kind``; files: reader options),
-    ``splits`` maps a split name to its own options (builtin: ``n``; files: reader options, paths
-    relative to the data root).
-    """
-
-    source: str
-    format: str | None
-    options: dict[str, Any]
-    splits: dict[str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -266,11 +232,6 @@ def template_fields(template: str) -> list[str | None]:
     return fields
 
 
-def _fail(path: Path, fld: str, expected: str, got: Any = None, *, show_got: bool = True) -> SpecError:
-    tail = f", got {got!r}" if show_got else ""
-    return SpecError(f"{path}: field '{fld}': expected {expected}{tail}")
-
-
 def _type_name(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
             list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
@@ -309,104 +270,6 @@ def _check_table(path: Path, fld: str, given: Any, defaults: dict[str, Any]) -> 
                         + (f" (did you mean {close[0]!r}?)" if close else ""), key)
         out[key] = _check_value(path, f"{fld}.{key}", value, defaults[key])
     return out
-
-
-def _parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
-    if not isinstance(raw, dict):
-        raise _fail(path, "data", "a [data] table with source = \"builtin\" or a format", raw)
-    has_source, has_format = "source" in raw, "format" in raw
-    if has_source and has_format:
-        raise _fail(path, "data", "either source = \"builtin\" or format = ..., not both", show_got=False)
-    if not has_source and not has_format:
-        raise _fail(path, "data", f"source = \"builtin\" or format = one of {list(DATA_FORMATS)}",
-                    show_got=False)
-    splits: dict[str, dict[str, Any]] = {}
-    for split in SPLITS:
-        if split in raw:
-            if not isinstance(raw[split], dict):
-                raise _fail(path, f"data.{split}", "a table of this split's options", raw[split])
-            splits[split] = dict(raw[split])
-    if has_source:
-        if raw["source"] != "builtin":
-            raise _fail(path, "data.source", "\"builtin\" (or use format = ... for files)", raw["source"])
-        for key in raw:
-            if key not in _BUILTIN_DATA_KEYS:
-                raise _fail(path, f"data.{key}", f"one of the built-in data keys {list(_BUILTIN_DATA_KEYS)}",
-                            key)
-        seed = raw.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool):
-            raise _fail(path, "data.seed", "an integer", seed)
-        options: dict[str, Any] = {"seed": seed}
-        if "world_kind" in raw:
-            if not isinstance(raw["world_kind"], str):
-                raise _fail(path, "data.world_kind", "a string", raw["world_kind"])
-            task_kinds = [k for k in WORLD_KINDS if k != "pretrain"]  # pretrain has no val or test split
-            if raw["world_kind"] not in task_kinds:
-                raise _fail(path, "data.world_kind",
-                            f"one of the built-in world's task kinds ({', '.join(task_kinds)}), or leave it out to "
-                            "use the task's kind", raw["world_kind"])
-            options["world_kind"] = raw["world_kind"]
-        for split in SPLITS:  # the built-in world always has all three splits
-            opts = splits.setdefault(split, {})
-            for key, value in opts.items():
-                if key not in _BUILTIN_SPLIT_KEYS:
-                    raise _fail(path, f"data.{split}.{key}", f"one of {list(_BUILTIN_SPLIT_KEYS)}", key)
-                if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= MAX_WORLD_SPLIT:
-                    raise _fail(path, f"data.{split}.{key}", f"a positive integer up to {MAX_WORLD_SPLIT:,}", value)
-        return DataSpec(source="builtin", format=None, options=options, splits=splits)
-    fmt = FORMAT_ALIASES.get(raw["format"], raw["format"]) if isinstance(raw["format"], str) else raw["format"]
-    if fmt not in DATA_FORMATS:
-        raise _fail(path, "data.format", f"one of {list(DATA_FORMATS)}", raw["format"])
-    options = {k: v for k, v in raw.items() if k not in ("format", *SPLITS)}
-    taken = reader_option_names(fmt)
-    for key, value in options.items():
-        if isinstance(value, dict) and key not in taken:   # e.g. [data.validation]: a split under another name
-            close = difflib.get_close_matches(key, SPLITS, n=1, cutoff=0.3)
-            raise _fail(path, f"data.{key}", f"a split table named {', '.join(SPLITS)}"
-                        + (f" (did you mean [data.{close[0]}]?)" if close else ""), show_got=False)
-    if "train" not in splits and need_train:
-        raise _fail(path, "data.train", "a [data.train] table with the reader options of the training split",
-                    show_got=False)
-    if "val" not in splits and "test" not in splits:
-        raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
-    for split in ("val", "test"):
-        both = _shared_parts(options, splits[split], splits["train"]) if {split, "train"} <= set(splits) else None
-        if both is not None:
-            logger.warning("%s: [data.%s] reads %s, so the %s scores are training scores; give it a file, folder or "
-                           "split name of its own", path, split, "the same rows as [data.train] (the same files and "
-                           "split names)" if not both else f"rows that [data.train] reads too (the same files; the "
-                           f"split(s) {both}, whole or in overlapping slices)", split)
-    for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
-        try:
-            check_reader_options(fmt, {**options, **opts})
-        except ReaderOptionError as err:
-            # an option of the shared [data] table that the split does not override is that table's
-            shared = [k for k in options if k not in opts and f"'{k}'" in str(err)]
-            raise SpecError(f"{path}: field 'data{'' if shared else '.' + split}': {err}") from None
-    return DataSpec(source="files", format=fmt, options=options, splits=splits)
-
-
-#: Reader options that change how rows are read or checked, not which rows: left out when two splits are
-#: compared for reading the same rows.
-_NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", "cache_dir", "columns",
-                             "question_type_field"})
-
-
-def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
-    """The options of a split that choose its rows, paths normalised (``./a.csv`` is ``a.csv``)."""
-    merged = {**shared, **split}
-    return {k: os.path.normpath(v) if isinstance(v, str) and k != "split" else v
-            for k, v in merged.items() if k not in _NOT_ROW_CHOICE}
-
-
-def _shared_parts(shared: dict[str, Any], one: dict[str, Any], train: dict[str, Any]) -> list[str] | None:
-    """Whether split table ``one`` reads rows ``train`` reads (``shared``: the [data] table's options): ``[]`` where
-    they choose the same rows; ``one``'s parts that read rows of ``train``'s where their ``split`` options join or
-    slice splits as ``datasets`` does (:func:`~mtl_lora_vl.data.split_overlap.shared_parts`); else None."""
-    mine, theirs = _rows_chosen(shared, one), _rows_chosen(shared, train)
-    a, b = (str(d.pop("split", "")) for d in (mine, theirs))
-    both = shared_parts(a, b)
-    return None if mine != theirs or not both else [] if set(split_parts(a)) == set(split_parts(b)) else both
 
 
 def _parse(path: Path, need_train: bool = True) -> TaskSpec:
@@ -451,7 +314,7 @@ def _parse(path: Path, need_train: bool = True) -> TaskSpec:
     if "data" not in raw:
         raise _fail(path, "data", "a [data] table with source = \"builtin\" or a format (it is missing)",
                     show_got=False)
-    data = _parse_data(path, raw["data"], need_train)
+    data = parse_data(path, raw["data"], need_train)
 
     description = raw.get("description", "")
     if not isinstance(description, str):
