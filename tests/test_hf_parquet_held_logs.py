@@ -1,4 +1,4 @@
-"""Parquet files of different columns read as one table are refused in our words (``hf_table.refuse_mixed_columns``);
+"""Parquet files of different columns read as one table are refused in our words (``hf_loading.refuse_mixed_columns``);
 ``datasets`` logged its own ERROR line ("Failed to read file ... with error CastError: Couldn't cast ...", a dozen
 lines of schemas) above that refusal. Its parquet builder's lines are held back while the files are read, and let
 out unless the read ends in our refusal."""

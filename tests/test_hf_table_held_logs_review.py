@@ -1,4 +1,4 @@
-"""Second look at ``hf_table.held_logs`` (``datasets``' parquet builder's ERROR line held back while parquet files are
+"""Second look at ``hf_loading.held_logs`` (``datasets``' parquet builder's ERROR line held back while parquet files are
 read): the handlers attached to the held logger itself (not its parents') went on seeing its records while held,
 so a record was shown there during the hold and again when let out, and seen there though the read ended in our
 refusal."""
