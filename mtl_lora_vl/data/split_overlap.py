@@ -4,7 +4,10 @@ test reads rows that train reads (:func:`mtl_lora_vl.tasks.spec.load_spec`), bef
 A ``split`` joins splits with ``+`` and may slice each as ``datasets`` does (``train[:90%]``, ``train[100:200]``;
 :mod:`.hf_slices` reads them). Two parts share rows where they name the same split and either is whole, or both slice
 it in the same unit (rows, or percents: rounded alike) counted from its start into ranges that overlap. Rows against
-percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows.
+percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows. A
+table that gives no ``split`` reads the one split its files hold, whole (:mod:`.hf_parquet`, :mod:`.hf_datasets`): it
+shares rows with every part of the other's, whatever that split's name (``train[80%:]`` beside no split read rows
+that the training table read too, unwarned).
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def _rows(part: str) -> tuple[str, str | None, float, float]:
 
 
 def _overlap(a: tuple[str, str | None, float, float], b: tuple[str, str | None, float, float]) -> bool:
+    if "" in (a[0], b[0]):   # (no split given: the one split the files hold, whole)
+        return True
     if a[0] != b[0] or "?" in (a[1], b[1]):
         return False
     if a[1] is None or b[1] is None:   # (a whole split holds every slice's rows)
@@ -49,6 +54,9 @@ def _overlap(a: tuple[str, str | None, float, float], b: tuple[str, str | None, 
 def shared_parts(one: str, other: str) -> list[str]:
     """The parts of split ``one`` (:func:`split_parts`) that read rows split ``other`` reads too, as far as the names
     tell (module docstring): ``["test"]`` for ``train+test`` beside ``test``, ``["train[:90%]"]`` beside
-    ``train[80%:]``, none beside ``train[90%:]``."""
+    ``train[80%:]``, none beside ``train[90%:]``. Where ``one`` is ``""`` (no split given: the one split the files hold,
+    whole) beside a split, the parts of ``other`` it holds are named: ``["train[:80%]"]`` beside ``train[:80%]``."""
     theirs = [_rows(p) for p in split_parts(other)]
+    if not one.strip() and other.strip():
+        return split_parts(other)
     return [p for p in split_parts(one) if any(_overlap(_rows(p), q) for q in theirs)]
