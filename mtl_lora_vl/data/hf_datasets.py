@@ -79,7 +79,7 @@ from .hf_images import column_image_rows, list_image_rows
 from .hf_join import EXAMPLE as JOIN_EXAMPLE
 from .hf_join import check_image_table, join_rows
 from .hf_parquet import parquet_files, refuse_joined_saved
-from .hf_slices import is_sliced, parquet_slices, row_name, slice_rows, split_row, take_rows, unsliced
+from .hf_slices import is_sliced, joined_lengths, parquet_slices, row_name, slice_rows, split_row, take_rows, unsliced
 from .hf_table import (
     DatasetImage,
     DatasetTable,
@@ -145,13 +145,14 @@ def _open_table(root: Path, path: str | os.PathLike, split: str | None,
             raise ValueError(f"hf_datasets {base}: this saved dataset is the {str(ds.split)!r} split, not {split!r}")
         table = DatasetTable("disk", (str(base),), split if isinstance(ds, (list, datasets.DatasetDict)) else None)
     else:
-        files, lengths = parquet_slices(base, spec, path) if is_sliced(spec) else (parquet_files(base, split, path), {})
+        files, lengths = (parquet_slices(base, spec, path) if is_sliced(spec) else
+                          (parquet_files(base, split, path), joined_lengths(base, split, path)))
         files = _with_rows(files, f"{path}" + (f": split {spec!r}" if spec else ""))
         table = DatasetTable("parquet", tuple(files), split, cache_dir)
     table = dataclasses.replace(table, stamp=files_stamp(table.files()))
     ds = _open_whole(table, base)
-    if not is_sliced(spec):
-        return table, ds
+    if not is_sliced(spec):   # (splits joined whole: each one's rows, which messages name a row by)
+        return dataclasses.replace(table, lengths=tuple(lengths.items())), ds
     rows = slice_rows(spec, lengths or {split: len(ds)}, f"hf_datasets {base}")   # (a saved split: its rows)
     table = dataclasses.replace(table, spec=spec, rows=rows, lengths=tuple((lengths or {split: len(ds)}).items()))
     return table, take_rows(ds, table.rows)
@@ -374,7 +375,7 @@ def read_hf_datasets(
     if image_table is not None:   # the images kept in another table, joined by image id (GQA's hub configs)
         src, src_ds = _open_images(root, image_table, unsliced(split), _cache_under(root, cache_dir))
         image_col, at = join_rows(src_ds, image_table, ds, mapping, source, f"datasets {src}",
-                                    lambda i: row_name(table, i))
+                                  lambda i: row_name(table, i), lambda j: row_name(src, j))
     row_of = (lambda i: i) if at is None else at.__getitem__
     image_where = repr(image_col) if at is None else f"{image_col!r} of the image table {src}"
     if isinstance(image_col, list):   # a path of several columns' text (Karpathy's filepath + filename)

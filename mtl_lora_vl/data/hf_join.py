@@ -128,27 +128,31 @@ def _held(image: Any) -> str:
             f"holds the path {image!r}" if isinstance(image, str) else f"holds {image!r:.40}")
 
 
-def _refuse_two_images(a: Any, b: Any, rows: tuple[int, int], k: Any, key: str, where: str) -> None:
-    """Refuse rows ``rows`` of the image table, whose key ``k`` (column ``key``) is one, where their image cells ``a``
-    and ``b`` hold two images (:func:`_image`); the same image twice under its key (a table written with a repeat)
-    is that image."""
+def _refuse_two_images(a: Any, b: Any, rows: tuple[str, str], k: Any, key: str, where: str) -> None:
+    """Refuse the rows of the image table named ``rows`` (``row 0``, or ``row 2 of split 'test'``: :func:`join_rows`'s
+    ``image_row``), whose key ``k`` (column ``key``) is one, where their image cells ``a`` and ``b`` hold two images
+    (:func:`_image`); the same image twice under its key (a table written with a repeat) is that image."""
     a, b = _image(a), _image(b)
     if a == b:
         return
     how = (f"paths {a!r} and {b!r}" if isinstance(a, str) and isinstance(b, str) else
            f"encoded images of {len(a)} and {len(b)} bytes" if isinstance(a, bytes) and isinstance(b, bytes) else
-           f"row {rows[0]} {_held(a)}, row {rows[1]} {_held(b)}")
-    raise DataFormatError(f"{where} rows {rows[0]} and {rows[1]}: key {k!r} of column {key!r} names two different "
+           f"{rows[0]} {_held(a)}, {rows[1]} {_held(b)}")
+    plain = all(r.startswith("row ") and r[4:].isdigit() for r in rows)   # (one split read whole: "rows 0 and 2")
+    both = f"rows {rows[0][4:]} and {rows[1][4:]}" if plain else f"{rows[0]} and {rows[1]}"
+    raise DataFormatError(f"{where} {both}: key {k!r} of column {key!r} names two different "
                           f"images ({how}); an id must name one image of the image table: give it a column of unique "
                           "ids as key, or remove one of the rows")
 
 
 def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dict[str, Any], source: str,
-              where: str, at_row: Callable[[int], str] = "row {}".format) -> tuple[str, list[int]]:
+              where: str, at_row: Callable[[int], str] = "row {}".format,
+              image_row: Callable[[int], str] = "row {}".format) -> tuple[str, list[int]]:
     """The image table's image column, and per row of ``ds`` (the rows, read as ``source``) the row of ``images_ds``
     (the image table, read as ``where``) whose ``image_table["key"]`` is the row's image id (its first row where
     the key repeats on rows of one image); refused where the key names two images, or a row's image id is blank or
-    not in the image table. ``at_row(i)``: how a message names row ``i`` of ``ds`` (:func:`.hf_slices.row_name`)."""
+    not in the image table. ``at_row(i)``: how a message names row ``i`` of ``ds`` (:func:`.hf_slices.row_name`);
+    ``image_row(j)``: row ``j`` of ``images_ds`` (read at splits joined whole, ``train+test``: by its split)."""
     check_image_table(image_table, mapping)
     image_col = _image_column(images_ds, image_table, where)
     key = _column(image_table["key"], list(images_ds.column_names), "key", where)
@@ -160,7 +164,8 @@ def join_rows(images_ds: Any, image_table: dict[str, str], ds: Any, mapping: dic
             first = at.setdefault(name, j)
             if first != j:   # one image twice under its key is that image; two images under one key are refused
                 cells = cells or [images_ds.select_columns([image_col]).with_format("arrow")[:].column(0)]
-                _refuse_two_images(cells[0][first].as_py(), cells[0][j].as_py(), (first, j), k, key, where)
+                _refuse_two_images(cells[0][first].as_py(), cells[0][j].as_py(),
+                                   (image_row(first), image_row(j)), k, key, where)
     col = mapping["image_id"]
     ids = ds.select_columns([col]).with_format("arrow")[:].column(0).to_pylist()
     keys = [_key(v) for v in ids]

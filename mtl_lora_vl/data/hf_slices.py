@@ -19,8 +19,8 @@ from typing import Any
 
 from .hf_parquet import parquet_files
 
-__all__ = ["is_sliced", "parquet_slices", "row_name", "slice_names", "slice_rows", "split_row", "take_rows",
-           "unsliced"]
+__all__ = ["is_sliced", "joined_lengths", "parquet_slices", "row_name", "slice_names", "slice_rows", "split_row",
+           "take_rows", "unsliced"]
 
 #: Where a split of the task spec slices rows: a part ``name[...]`` (or ``name[...](rounding)``).
 _SLICE = re.compile(r"[\[(]")
@@ -103,16 +103,19 @@ def split_row(rows: tuple[tuple[int, int], ...], i: int) -> int:
 
 def row_name(table: Any, i: int) -> str:
     """How a message names row ``i`` of ``table`` (a :class:`.hf_table.DatasetTable` as read): ``row i`` where it
-    reads its split(s) whole; else by the row's number in its split, the row a user opening the file looks at, beside
-    its place in the slice: ``row 105 of split 'train' (row 5 of the slice)`` for row 5 of ``train[100:200]``."""
-    if not table.rows:
+    reads one split whole; else by the row's number in its split, the row a user opening the file looks at, beside
+    its place in the slice: ``row 105 of split 'train' (row 5 of the slice)`` for row 5 of ``train[100:200]``; of
+    splits joined whole (``test+train``: :func:`joined_lengths`), ``row 7 of split 'train'``, not its place in the
+    joined table (``row 13``: past the end of the train split's 12 rows)."""
+    if not table.rows and len(table.lengths) < 2:
         return f"row {i}"
     n = split_row(table.rows, i)
+    of_slice = f" (row {i} of the slice)" if table.rows else ""
     for split, length in table.lengths:   # (the splits' rows one after another: the split that holds row n)
         if n < length:
-            return f"row {n} of split {split!r} (row {i} of the slice)"
+            return f"row {n} of split {split!r}{of_slice}"
         n -= length
-    return f"row {n} (row {i} of the slice)"
+    return f"row {n}{of_slice}"
 
 
 def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
@@ -132,3 +135,15 @@ def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[li
         files += mine
         lengths[name] = sum(pq.read_metadata(f).num_rows for f in mine)
     return files, lengths
+
+
+def joined_lengths(base: Path, split: str | None, shown: str | os.PathLike) -> dict[str, int]:
+    """Each split's rows where ``split`` joins splits of the parquet files under ``base`` whole (``test+train``), in
+    order, so that :func:`row_name` names a row by its split; ``{}`` for one split, or where a file is of two of them
+    (read once, :func:`.hf_parquet.parquet_files`: its rows are no one split's)."""
+    if split is None or is_sliced(split) or len(slice_names(split)) < 2:
+        return {}
+    try:
+        return parquet_slices(base, split, shown)[1]
+    except ValueError:   # (a file of two of the splits: parquet_slices refuses it, the whole join reads it once)
+        return {}
