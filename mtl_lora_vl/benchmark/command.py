@@ -1,6 +1,12 @@
 """What ``mtl-lora-vl bench`` (``scripts/bench_methods.py``) does once :mod:`.cli` has read its options: torch's
 threads set for the grid, the grid run (or resumed), and one ``[mtl-lora-vl] error:`` line per expected failure.
-It imports torch and the trainer, so :mod:`.cli` imports it only when the command runs."""
+It imports torch and the trainer, so :mod:`.cli` imports it only when the command runs.
+
+Stop signals follow the trainer's rule (``training/stopping.py``): inside a run the trainer stops at its step
+boundary; anywhere else in the grid (between runs, writing ``settings.json``, a run's result or the report) a SIGTERM
+stops it as Ctrl-C does -- the file being written keeps its old content and its temporary is removed -- and a SIGTERM
+while a Ctrl-C's stop is on its way changes nothing. One ``[bench]`` line names the first signal, the command exits
+128 + its number (130 Ctrl-C, 143 SIGTERM), and rerunning the same command resumes the grid."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import sys
 import torch
 
 from ..log import cli_logging, debug_tracebacks
+from ..training.stopping import RunStopped, terminate_raises
 from .bench import BenchDirError, run_benchmark
 from .cli import settings_from_args
 
@@ -32,12 +39,17 @@ def run(args: argparse.Namespace, level: str, logged: bool) -> int:
 
 def _run(args: argparse.Namespace, traceback: bool = False) -> int:
     try:
-        settings = settings_from_args(args)
-        results = run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite,
-                                retry_failed=args.retry_failed, pretrained_as="--pretrained")
-    except KeyboardInterrupt as e:
-        print(f"[bench] stopped; rerun the same command to continue ({args.out})", file=sys.stderr)
-        return getattr(e, "exit_code", 130)   # 143 when SIGTERM stopped a run
+        with terminate_raises():   # SIGTERM outside the trainer's loop: stopped as Ctrl-C is (was killed outright,
+            settings = settings_from_args(args)   # the temporary of the result or report being written left)
+            results = run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite,
+                                    retry_failed=args.retry_failed, pretrained_as="--pretrained")
+    # Ctrl-C; SIGTERM (Terminated); a run the trainer stopped (GridStopped), or its RunStopped where a SIGTERM came
+    # while the grid stopped (terminate_raises raises the first stop again: its status stands, not SIGTERM's)
+    except (KeyboardInterrupt, RunStopped) as e:
+        status = getattr(e, "exit_code", 130)
+        print(f"[bench] {'SIGTERM' if status == 143 else 'Ctrl-C'}: stopped (exit status {status}); rerun the same "
+              f"command to continue the grid ({args.out})", file=sys.stderr)
+        return status
     # (a bad --device: RuntimeError; a run out of memory: torch.OutOfMemoryError, a RuntimeError, or MemoryError)
     except (BenchDirError, ValueError, RuntimeError, OSError, ImportError, MemoryError) as e:
         if debug_tracebacks():
