@@ -7,6 +7,8 @@ MTL-LoRA run) and sends itself the signal at a monkeypatched point; the parent t
 
 from __future__ import annotations
 
+import argparse
+import functools
 import io
 import json
 import subprocess
@@ -19,6 +21,8 @@ from test_bench_methods import _small_spec, needs_builtin
 
 import mtl_lora_vl
 from mtl_lora_vl.benchmark import BenchSettings, run_benchmark
+from mtl_lora_vl.benchmark import command as bench_command
+from mtl_lora_vl.options import TrainOptions
 
 # The child: the command's own code path (``command.run``: its logging, threads and exit status) on the settings the
 # parent gives, with the signal sent at one point:
@@ -139,3 +143,21 @@ def test_a_signal_in_a_run_stops_the_grid_with_the_first_signal_s_status(tmp_pat
     assert not [p for p in out.rglob("*.tmp")]
     assert len(list(out.rglob("result.json"))) == 1   # the zero-shot run; the stopped run is redone
     _resumes(settings, out, 1)
+
+
+@needs_builtin
+def test_a_run_without_its_evaluation_is_an_error_not_a_ctrl_c(tmp_path, monkeypatch, capsys):
+    """A trainer that returned without eval.json stopped the grid as a Ctrl-C had ("[bench] stopped", exit 130)
+    though no signal came: it is an error now, one ``error:`` line naming the run, exit 2."""
+    def no_evaluation(opts: TrainOptions) -> Path:
+        Path(opts.out).mkdir(parents=True)
+        return Path(opts.out)
+
+    settings, out = _settings(tmp_path), tmp_path / "bench"
+    monkeypatch.setattr(bench_command, "settings_from_args", lambda args: settings)
+    monkeypatch.setattr(bench_command, "run_benchmark", functools.partial(run_benchmark, trainer=no_evaluation))
+    args = argparse.Namespace(out=str(out), overwrite=False, retry_failed=False, threads=1)
+    assert bench_command.run(args, "warning", logged=False) == 2
+    err = capsys.readouterr().err
+    assert "error: bench run zero_shot/lr0.003-seed0: the trainer returned without its evaluation" in err, err
+    assert "stopped" not in err

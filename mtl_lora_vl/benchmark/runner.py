@@ -41,7 +41,7 @@ class GridStopped(KeyboardInterrupt):
     """The trainer was interrupted (Ctrl-C or SIGTERM) and saved a checkpoint instead of results; ``exit_code``
     is the trainer's (130 Ctrl-C, 143 SIGTERM)."""
 
-    def __init__(self, message: str, exit_code: int = 130):
+    def __init__(self, message: str, exit_code: int):   # (no default: a stop without a signal is not Ctrl-C's)
         super().__init__(message)
         self.exit_code = exit_code
 
@@ -171,7 +171,9 @@ class Runner:
                       "val": None, "wall_s": wall}
         else:
             if not (run_dir / "eval.json").is_file():
-                raise GridStopped(f"{spec.key}: the trainer stopped before evaluating (see {folder / 'train.log'})")
+                raise RuntimeError(f"bench run {spec.key}: the trainer returned without its evaluation (no "   # no
+                                   f"{run_dir / 'eval.json'}; see {folder / 'train.log'}); rerun the same command to "
+                                   "train that run again")   # signal stopped it: not a Ctrl-C's stop, 130 (was)
             record = make_record(spec, run_dir, wall, folder.relative_to(self.root))
         record["cpu_s"] = cpu  # process CPU time: the run's cost on a shared machine
         record["code"] = self.code
