@@ -1,14 +1,22 @@
 """Which task spec and data folder score each task ``eval --adapter`` is asked for: a task of the adapter on its saved
 spec, or a spec file naming one of its tasks for other data (``--tasks``); and the folder each file-based task is read
-from (the one the adapter records for the task, for its saved spec or a spec file, unless ``--data-root`` moves it)."""
+from (the one the adapter records for the task, for its saved spec or a spec file, unless ``--data-root`` moves it); the
+warning where a spec file's split reads rows the adapter trained its task on."""
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
+import os
+import typing
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from ..data.common import same_folder
+from ..data.readers import READERS
+from ..data.split_overlap import shared_parts, split_parts
 from ..io import Pretrained
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
@@ -106,3 +114,62 @@ def saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | Non
             logger.warning("task %r was trained on files under %s; it is scored on --data-root %s (leave --data-root "
                            "out to read each task from its own folder)", s.name, recorded[s.name], data_root)
     return {}
+
+
+#: Reader options that change how rows are read or checked, not which rows: left out when the split scored and the
+#: adapter's training split are compared (as the spec's own train / val check leaves them out, tasks/spec_data.py).
+_NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", "cache_dir", "columns",
+                             "question_type_field"})
+
+
+def _rows_read(spec: TaskSpec, split: str, root: str | None) -> dict[str, Any] | None:
+    """The reader options of ``spec``'s split ``split`` that choose its rows (its reader's defaults filled in), each
+    path resolved under ``root``, the folder it is read from; None where a relative path has no folder."""
+    reader = READERS[str(spec.data.format)]
+    hints = typing.get_type_hints(reader)
+    paths = {k for k, h in hints.items() if os.PathLike in typing.get_args(h)} | {"images", "folder"}
+    given = {p.name: p.default for p in inspect.signature(reader).parameters.values()
+             if p.default is not inspect.Parameter.empty}
+    rows: dict[str, Any] = {"format": spec.data.format}
+    for key, value in {**given, **spec.data.options, **spec.data.splits[split]}.items():
+        if key in _NOT_ROW_CHOICE:
+            continue
+        if key in paths and isinstance(value, str):
+            path = Path(value).expanduser()
+            if not path.is_absolute():
+                if root is None:
+                    return None
+                path = Path(root).expanduser() / path
+            value = str(path.resolve())
+        rows[key] = value
+    return rows
+
+
+def warn_trained_rows(lp: Pretrained, specs: list[TaskSpec], scored: Mapping[str, str | None],
+                      roots: Mapping[str, str | None]) -> None:
+    """Warn, once per task, where a spec file scores rows the adapter trained its task on: split ``scored[task]``
+    of the spec, read under ``roots[task]``, and the adapter's ``[data.train]`` read under the folder it records,
+    name the same resolved files and options, and their ``split`` options share rows
+    (:func:`~mtl_lora_vl.data.split_overlap.shared_parts`). A spec of the adapter's own ``[data]`` is left out: its
+    own train / val check said so when it loaded."""
+    recorded = lp.doc.get("data_roots") or {}
+    for spec in specs:
+        saved, split = lp.specs.get(spec.name), scored.get(spec.name)
+        if saved is None or split is None or spec.data == saved.data or "files" != spec.data.source \
+                or "files" != saved.data.source or "train" not in saved.data.splits:
+            continue
+        mine, theirs = _rows_read(spec, split, roots.get(spec.name)), _rows_read(saved, "train",
+                                                                                recorded.get(spec.name))
+        if mine is None or theirs is None:
+            continue
+        a, b = (str(d.pop("split", None) or "") for d in (mine, theirs))
+        both = shared_parts(a, b) if mine == theirs else []
+        if not both:
+            continue
+        same = set(split_parts(a)) == set(split_parts(b))
+        logger.warning("--tasks %s: task %r is scored on its [data.%s] (%s), which reads %s the adapter trained the "
+                       "task on (the [data.train] of %s: %s, of the same files), so its adapted scores are %s"
+                       "training scores; score it on a split or files of its own", spec.source_file, spec.name, split,
+                       f"split {a!r}" if a else "no split: the whole table",
+                       "the same rows" if same else f"rows (the part(s) {both})", saved.source_file,
+                       f"split {b!r}" if b else "no split: the whole table", "" if same else "partly ")
