@@ -28,7 +28,7 @@ HEAD = ('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]
 SAID = "reads rows (the part(s) ['train[50%:]']) the adapter trained the task on (the [data.train] of "
 
 
-def _adapter(tmp: Path) -> tuple[Path, Path]:
+def sliced_adapter(tmp: Path) -> tuple[Path, Path]:
     """An adapter of task 'colours' (untrained: built and saved as train saves it) on ``train[:80%]`` of the parquet
     folder ``data/pq``, and the data folder."""
     data = tmp / "data"
@@ -59,7 +59,7 @@ def _scored(tmp: Path, adapter: Path, caplog, test: str, path: str = "pq", data_
 
 
 def test_a_spec_file_scoring_rows_the_adapter_trained_on_is_warned_of_once(tmp_path, caplog):
-    adapter, _ = _adapter(tmp_path)
+    adapter, _ = sliced_adapter(tmp_path)
     said = _scored(tmp_path, adapter, caplog, 'split = "train[50%:]"')
     assert len(said) == 1, said
     assert said[0].startswith(f"--tasks {tmp_path / 'my.toml'}: task 'colours' is scored on its [data.test] (split "
@@ -72,7 +72,7 @@ def test_a_spec_file_scoring_rows_the_adapter_trained_on_is_warned_of_once(tmp_p
 
 
 def test_rows_of_their_own_or_other_files_are_not_warned_of(tmp_path, caplog):
-    adapter, data = _adapter(tmp_path)
+    adapter, data = sliced_adapter(tmp_path)
     assert not _scored(tmp_path, adapter, caplog, 'split = "train[80%:]"')   # the held-out rows
     shutil.copytree(data / "pq", data / "other")
     assert not _scored(tmp_path, adapter, caplog, 'split = "train[50%:]"', path="other")   # other files
@@ -83,6 +83,6 @@ def test_rows_of_their_own_or_other_files_are_not_warned_of(tmp_path, caplog):
 
 def test_the_same_files_named_another_way_are_warned_of(tmp_path, caplog):
     """The paths are compared resolved: an absolute path to the training files reads them as ``pq`` did."""
-    adapter, data = _adapter(tmp_path)
+    adapter, data = sliced_adapter(tmp_path)
     said = _scored(tmp_path, adapter, caplog, 'split = "train[50%:]"', path=str(data / "pq"))
     assert len(said) == 1 and SAID in said[0], said

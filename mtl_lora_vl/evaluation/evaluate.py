@@ -59,6 +59,15 @@ def _split_for(spec: TaskSpec, wanted: str, warn: bool = True) -> str | None:
     return spec.eval_split
 
 
+def _data_split(spec: TaskSpec, split: str) -> dict[str, Any]:
+    """``{"data_split": ...}``: the ``split`` option split table ``split`` of ``spec`` gives its reader (``[data]``'s
+    where the table gives none), as the spec gives it; ``{}`` where it gives none (the built-in world, most formats)."""
+    if spec.data.source != "files":
+        return {}
+    given = {**spec.data.options, **spec.data.splits.get(split, {})}.get("split")
+    return {"data_split": given} if given is not None else {}
+
+
 def read_eval_splits(setup: Setup, splits: list[str], data_root: str | None) -> None:
     """Read (and keep in ``setup``) every split the run will score, before it trains: a missing file or a bad
     option in a val or test split is reported at start-up, not after hours of training."""
@@ -109,7 +118,9 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
     """``{"tasks": {name: {"metric", "zero_shot", "adapted", "change", "split", "n", "metrics", "details"}},
     "split": split, "config": ...}`` (a task's own ``split`` differs when it has no ``split``: see ``_split_for``)
     (``n``: the examples scored; ``metrics``: the spec's metrics, which the report's second table shows beside
-    the headline); with ``zero_shot=False`` the base model is not scored and ``zero_shot`` / ``change`` are None;
+    the headline; ``data_split``, where the spec's split table gives its reader a ``split`` option: that option as
+    the spec gives it, what was read, ``"train[80%:]"`` for ``split`` ``"test"``); with ``zero_shot=False`` the
+    base model is not scored and ``zero_shot`` / ``change`` are None;
     with ``adapted=False`` (a base model without adapters) only the zero-shot pass runs, ``adapted`` / ``change``
     are None and there is no ``config``. A task with nothing to score (no val split, for val) is listed under
     ``"not_scored"`` (``{name: {"metric", "kind", "reason"}}``; ``eval`` of an adapter adds ``"data_spec"`` to either
@@ -159,7 +170,7 @@ def evaluate_setup(setup: Setup, *, split: str, data_root: str | None, device: t
         tasks[name] = {"metric": metric, "zero_shot": zs[metric] if zs else None,
                        "adapted": ad[metric] if ad is not None else None,
                        "change": ad[metric] - zs[metric] if zs and ad is not None else None, "kind": spec.kind,
-                       "split": split_name, "n": n, "metrics": list(spec.metrics),
+                       "split": split_name, **_data_split(spec, split_name), "n": n, "metrics": list(spec.metrics),
                        "details": {"zero_shot": zs, "adapted": ad}}
     bar.close()
     if not tasks:

@@ -121,7 +121,8 @@ def source_line(result: dict[str, Any]) -> str:
     """What was scored, and on which split: the run at its end, an adapter by ``eval`` (its path, and the options
     given to eval that the adapter does not record: another base model or dtype, any --precision but auto), or a
     base model without one; the tables alone read the same for a test and a val score, or for a run and a later
-    ``eval`` of part of it. A task scored on another split, or on the data of another spec file, is named."""
+    ``eval`` of part of it. A task scored on another split, or on the data of another spec file, is named, and the
+    ``split`` its files were read with where its spec gives one (``train[80%:]``)."""
     split = result.get("split")
     if "adapter" in result:
         what = f"by `eval` of the adapter {cell(result['adapter'])}"
@@ -139,6 +140,8 @@ def source_line(result: dict[str, Any]) -> str:
               for name, r in not_scored(result).items()]
     specs = [f"{cell(name)} on the data of {cell(r['data_spec'])}" for name, r in result["tasks"].items()
              if r.get("data_spec")]
+    specs += [f"{cell(name)} read split {cell(r['data_split'])} of its files" for name, r in result["tasks"].items()
+              if r.get("data_split") is not None]   # (what the spec's split table gives its reader)
     line = f"Scored on the {cell(split)} split{' (' + ', '.join(other) + ')' if other else ''}, {what}"
     return line + (f"; {', '.join(specs)}" if specs else "") + "."
 
