@@ -17,7 +17,12 @@ import re
 
 from .hf_parquet import joined_splits
 
-__all__ = ["shared_parts", "split_parts"]
+__all__ = ["NOT_ROW_CHOICE", "shared_parts", "split_parts"]
+
+#: Reader options that change how rows are read or checked, not which rows: left out where two splits are compared
+#: for reading the same rows (the spec's train / val check, eval's check against the adapter's training split).
+NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", "cache_dir", "columns",
+                            "question_type_field"})
 
 #: One part of a split: its name, then maybe a slice ``[from:to]`` (each end rows or a percent) and a rounding.
 _PART = re.compile(r"(?P<name>[^\[\]()]+)(?:\[(?P<lo>-?\d*)(?P<lo_pct>%?):(?P<hi>-?\d*)(?P<hi_pct>%?)\])?(?:\(.*\))?")

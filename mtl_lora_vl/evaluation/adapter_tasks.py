@@ -16,7 +16,7 @@ from typing import Any
 
 from ..data.common import same_folder
 from ..data.readers import READERS
-from ..data.split_overlap import shared_parts, split_parts
+from ..data.split_overlap import NOT_ROW_CHOICE, shared_parts, split_parts
 from ..io import Pretrained
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
@@ -116,12 +116,6 @@ def saved_task_roots(lp: Pretrained, specs: list[TaskSpec], data_root: str | Non
     return {}
 
 
-#: Reader options that change how rows are read or checked, not which rows: left out when the split scored and the
-#: adapter's training split are compared (as the spec's own train / val check leaves them out, tasks/spec_data.py).
-_NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", "cache_dir", "columns",
-                             "question_type_field"})
-
-
 def _rows_read(spec: TaskSpec, split: str, root: str | None) -> dict[str, Any] | None:
     """The reader options of ``spec``'s split ``split`` that choose its rows (its reader's defaults filled in), each
     path resolved under ``root``, the folder it is read from; None where a relative path has no folder."""
@@ -132,7 +126,7 @@ def _rows_read(spec: TaskSpec, split: str, root: str | None) -> dict[str, Any] |
              if p.default is not inspect.Parameter.empty}
     rows: dict[str, Any] = {"format": spec.data.format}
     for key, value in {**given, **spec.data.options, **spec.data.splits[split]}.items():
-        if key in _NOT_ROW_CHOICE:
+        if key in NOT_ROW_CHOICE:
             continue
         if key in paths and isinstance(value, str):
             path = Path(value).expanduser()

@@ -14,7 +14,7 @@ from typing import Any
 
 from mtl_lora_vl.data.common import ReaderOptionError
 from mtl_lora_vl.data.readers import READERS, check_reader_options, reader_option_names
-from mtl_lora_vl.data.split_overlap import shared_parts, split_parts
+from mtl_lora_vl.data.split_overlap import NOT_ROW_CHOICE, shared_parts, split_parts
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.tasks.spec_error import SpecError
 from mtl_lora_vl.tasks.spec_error import field_error as _fail
@@ -128,17 +128,11 @@ def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
     return DataSpec(source="files", format=fmt, options=options, splits=splits)
 
 
-#: Reader options that change how rows are read or checked, not which rows: left out when two splits are
-#: compared for reading the same rows.
-_NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", "cache_dir", "columns",
-                             "question_type_field"})
-
-
 def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
     """The options of a split that choose its rows, paths normalised (``./a.csv`` is ``a.csv``)."""
     merged = {**shared, **split}
     return {k: os.path.normpath(v) if isinstance(v, str) and k != "split" else v
-            for k, v in merged.items() if k not in _NOT_ROW_CHOICE}
+            for k, v in merged.items() if k not in NOT_ROW_CHOICE}
 
 
 def _shared_parts(shared: dict[str, Any], one: dict[str, Any], train: dict[str, Any]) -> list[str] | None:
