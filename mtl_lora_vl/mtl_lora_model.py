@@ -3,7 +3,7 @@
 Everything here delegates to the functional API (``attach``, ``route``, ``disabled``, ``merge``,
 ``save_adapter``, ``load_adapter``), which stays the reference; the class only gives it PEFT's names
 and habits (frozen loading for inference, ``merge_and_unload``, attribute pass-through). :func:`unload`
-takes the adapters out of a model again, with or without one task merged into the weights.
+(in :mod:`.unloading`) takes the adapters out of a model again, with or without one task merged into the weights.
 """
 
 from __future__ import annotations
@@ -17,19 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters.attach import adapted_module, attach, attach_info, check_config, merge, unmerge, whole_model
-from .adapters.attention import LoRAMultiheadAttention
-from .adapters.compiled import compiled_call_running, skip_top_frame, unwatch_compiled, watch_in_place
-from .adapters.generation import uninstall_routed_generate
+from .adapters.attach import attach, attach_info, check_config, merge, unmerge
+from .adapters.compiled import compiled_call_running, skip_top_frame, watch_in_place
 from .adapters.grow import AddedTask, add_task
-from .adapters.layers import AdapterBank, LoRALinear
+from .adapters.layers import AdapterBank
 from .adapters.routing import RoutingError, check_module, find_router
 from .adapters.scopes import EagerScope, disabled, named, route
-from .backbones.image_record import forget_loaded
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, check_adapter_path, state_file
 from .log import warn_user
+from .unloading import unload
 from .whole_files import FileTooLarge, read_whole
 
 __all__ = ["MTLLoRAModel", "unload"]
@@ -431,70 +429,4 @@ class _NoSuchAttribute(AttributeError):
 def _no_such(peft_name: str, instead: str) -> RuntimeError:
     # For PEFT's methods, called rather than probed (attributes get _NoSuchAttribute, which hasattr reads as absent).
     return RuntimeError(f"MTLLoRAModel has no PEFT-style {peft_name}: {instead}")
-
-
-# ---------------------------------------------------------------------------------------------- unloading
-
-
-@torch.no_grad()
-def unload(model: nn.Module, task: str | None = None) -> nn.Module:
-    """Take the adapters out of ``model`` in place and return it as a plain instance of its own class.
-
-    With ``task``, that task is merged into the weights first (PEFT's ``merge_and_unload``); without, the
-    exact base weights come back (PEFT's ``unload``), without the image reading / area ``load_adapter`` put on a
-    bare model (merged, they stay: its images are read as the task was trained). Each adapted layer is the
-    module ``attach`` replaced again (its own class, e.g. a subclass of ``nn.Linear``, and its hooks kept; PEFT
-    gives back its base layers so too), holding the adapted layer's weight tensors; base parameters keep
-    ``requires_grad=False`` as ``attach`` left them.
-    """
-    inner, whole = adapted_module(model), whole_model(model)[0]   # (load_adapter's record: on the whole model)
-    if task is not None:
-        merge(inner, task)
-    else:
-        unmerge(inner)
-    every = list(inner.named_modules(remove_duplicate=False))   # a module reachable under several names: each
-    attention = [n for n, m in every if isinstance(m, LoRAMultiheadAttention)]
-    linear = [n for n, m in every if isinstance(m, LoRALinear) and not any(n.startswith(a + ".") for a in attention)]
-    plain: dict[int, nn.Module] = {}   # one plain module per adapted one, set under each of its names
-    for name in attention + linear:
-        old = inner.get_submodule(name)
-        new = plain.get(id(old))
-        if new is None:
-            new = _plain_attention(old) if isinstance(old, LoRAMultiheadAttention) else _plain_linear(old)
-            new.train(old.training)
-            plain[id(old)] = new
-        parent, _, child = name.rpartition(".")
-        setattr(inner.get_submodule(parent) if parent else inner, child, new)
-    for hook in inner._mtl_lora.hooks:
-        hook.remove()
-    unwatch_compiled(inner._mtl_lora.router)
-    del inner._mtl_lora
-    uninstall_routed_generate(inner)
-    if task is None:   # the base as it was: the image reading / area load_adapter put on it go (a backbone's stay)
-        forget_loaded(inner)
-        forget_loaded(whole)
-    return model
-
-
-def _plain_linear(m: LoRALinear) -> nn.Linear:
-    """The linear layer ``m`` replaced, with ``m``'s weight tensors (the same, unless replaced since: a load with
-    ``assign=True``)."""
-    lin = m.__dict__.get("original")
-    if lin is None:   # (an adapted layer pickled before it kept the original)
-        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
-    lin.weight = m.weight
-    lin.bias = m.bias
-    return lin
-
-
-def _plain_attention(m: LoRAMultiheadAttention) -> nn.MultiheadAttention:
-    """As :func:`_plain_linear`, for an adapted ``nn.MultiheadAttention``."""
-    mha = m.__dict__.get("original")
-    if mha is None:
-        mha = nn.MultiheadAttention(m.embed_dim, m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None,
-                                    batch_first=m.batch_first, device="meta")
-    mha.in_proj_weight = m.in_proj_weight
-    mha.in_proj_bias = m.in_proj_bias
-    mha.out_proj = _plain_linear(m.out_proj)
-    return mha
 
