@@ -2,7 +2,8 @@
 
 :func:`train` reads top to bottom: start (options, run directory, backbone, tasks, adapters) -> data
 -> optimizer and schedule -> resume -> the loop (steps, logging, evaluation, checkpoints) -> finish
-(adapter files, zero-shot vs adapted evaluation, report). The step itself is in :mod:`.step`.
+(adapter files, zero-shot vs adapted evaluation, report). The step itself is in :mod:`.step`, the run's opening
+line in :mod:`.describe`, the model's DDP / compile wrapping in :mod:`.wrap`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.attach import parameter_report
 from ..adapters.compiled import watch_compiled
 from ..adapters.grow import freeze_old_rows
 from ..data.loader import MultiTaskLoader
@@ -70,6 +70,7 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
+from .describe import describe
 from .loading import build_loader, check_batch_fits, default_workers, early_train_splits
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
 from .optim import Optimization, build_optimization
@@ -78,6 +79,7 @@ from .run import Run
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
 from .stopping import RunStopped, cleaning_up_after, stop_at_step_boundary, stop_signals_ignored, terminate_raises
 from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
+from .wrap import wrap_model
 
 logger = logging.getLogger(__name__)
 
@@ -272,36 +274,7 @@ def prepare_rank(opts: TrainOptions, run_dir: Path, info: DistInfo,
     return opts, saved, setup, amp_dtype
 
 
-def grown_parts(method: str, lambda_type: str) -> tuple[str, str]:
-    """What an --extend run trains of an adapter of ``method`` for its new tasks, and what it freezes (in words)."""
-    if method == "task_lora":
-        return "their own A_t, B_t", "the other tasks' A_t, B_t frozen"
-    if method == "moe_lora":
-        return "their gate rows w_t", "A and every expert B_i frozen"
-    if method == "mtl_lora":
-        return ("their w_t" if lambda_type == "none" else "their Lambda_t, w_t"), "A and every B_i frozen"
-    return "none: its tasks share every adapter tensor", "the whole adapter frozen"
-
-
-def describe(run: Run) -> str:
-    """The run's opening line: what trains (adapter and head sizes), where, in which precision, into which folder."""
-    setup, opts, info = run.setup, run.opts, run.info
-    model = setup.model
-    heads_n = sum(p.numel() for p in model.heads.parameters() if p.requires_grad)
-    where = (f"device {info.device}, precision {str(run.amp_dtype).replace('torch.', '')}, "
-             f"world size {info.world_size}; run directory {run.dir}")
-    if opts.extend:
-        trains, frozen = grown_parts(setup.config.method, setup.config.lambda_type)
-        return (f"extending {opts.extend} (tasks {setup.extended_from}, frozen) with {run.trained}: "
-                f"training {setup.new_adapter_values:,} adapter values ({trains}) and {heads_n:,} "
-                f"head parameters; {frozen}; {where}")
-    report = parameter_report(model.model)
-    return (f"{opts.backbone}: {report['adapter_total']:,} adapter parameters "
-            f"(image {report['image']:,}, text {report['text']:,}) on {report['adapted_projections']} "
-            f"projections, {heads_n:,} head parameters, {report['base_frozen']:,} frozen; {where}")
-
-
-# Resume, model wrapping --------------------------------------------------------------------
+# Resume -----------------------------------------------------------------------------------------
 def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
     """Load the last checkpoint into the model, optimizer and loader; drop log rows written after it.
     Returns where the run stands (step, loss window, bad-step streak, replaced-image counts)."""
@@ -318,35 +291,6 @@ def resume(run: Run, optim: Optimization, loader: MultiTaskLoader) -> Progress:
         record_resolved(run.dir, at.step, run.resolved)
         logger.info("resumed %s at step %d/%d", run.dir, at.step, run.total_steps)
     return at
-
-
-def wrap_model(run: Run) -> nn.Module:
-    """The module the loop calls: the model, under DDP when distributed, compiled with ``--compile``."""
-    model, opts, info = run.setup.model, run.opts, run.info
-    net: nn.Module = model
-    if info.enabled:
-        # Every adapter parameter gets a gradient each step only when every task is in every batch, some
-        # task uses the text tower (classification alone never runs it), some task runs the decoder when
-        # there is one (a CoCa's default targets include it; retrieval never runs it), and the targets are
-        # the family's defaults (others may name modules no forward reaches, e.g. LLaVA vision layers past
-        # vision_feature_layer). Otherwise DDP must look for unused parameters or it waits at step 2.
-        kinds = [run.setup.kinds[n] for n in run.trained]
-        text_unused = not any(k.uses_text or k.generative for k in kinds)
-        decoder_unused = run.setup.backbone.has_decoder and not any(k.uses_decoder for k in kinds)
-        # One task per batch leaves the other tasks' heads (and towers they alone run) idle -- except on the
-        # generative path, where every task runs the same modules and no head has parameters (the adapter
-        # tensors hold every task's rows, so they always get a gradient).
-        head_params = any(p.requires_grad for n in run.trained for p in model.heads[n].parameters())
-        same_modules = all(k.generative for k in kinds) and not head_params
-        unused = ((opts.batch_mode == "homogeneous" and not same_modules) or len(run.trained) > opts.batch_size
-                  or text_unused or decoder_unused or opts.targets != "default")
-        model.ranks = info   # in-batch negatives (retrieval) from every rank's rows
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            find_unused_parameters=unused)
-    if opts.compile:
-        net = torch.compile(net)
-    return net
 
 
 # The loop ---------------------------------------------------------------------------------------
