@@ -339,13 +339,14 @@ def _other_format(base: Path) -> str:
 
 
 def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None = None,
-                  written: str | None = None) -> list[str]:
+                  written: str | None = None, note: bool = True) -> list[str]:
     """The parquet files under ``base`` (a file, or a folder of them) that hold split ``split`` (None: every file, one
     split), as ``datasets`` reads a split from file and folder names; refused, saying what to set, where the split
     selects nothing, would mix several splits or configs, or ``base`` holds no parquet file. A split joined with
     ``+`` (``train+train_extra``, as ``datasets``' ``load_dataset(split=...)`` joins splits) is each part's files, in
     order, each file once. ``shown``: ``base`` as the spec names it (a refusal's hints name paths so); ``written``:
-    the split as the spec writes it, where it slices ``split`` (``train[:10]``, :mod:`.hf_slices`)."""
+    the split as the spec writes it, where it slices ``split`` (``train[:10]``, :mod:`.hf_slices`); ``note``: say
+    which files named for a longer split are left out (False where the caller reads one part of a join)."""
     parts = _joined_parts(base, split)
     shown = base if shown is None else Path(shown)
     if base.is_file():
@@ -402,7 +403,7 @@ def parquet_files(base: Path, split: str | None, shown: str | os.PathLike | None
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{e}{_plus_named(base, files, split, parts)}") from None
         chosen += [f for f in mine if f not in chosen]
-    for part, out in left.items():   # (a file left out by one part and read by another is read)
+    for part, out in left.items() if note else ():   # (a file left out by one part and read by another is read)
         _note_left_out(base, split, part, {f: n for f, n in out.items() if f not in chosen})
     return [str(f) for f in chosen]
 

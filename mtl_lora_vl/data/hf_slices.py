@@ -118,22 +118,27 @@ def row_name(table: Any, i: int) -> str:
     return f"row {n}{of_slice}"
 
 
-def parquet_slices(base: Path, split: str, shown: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
+def parquet_slices(base: Path, split: str, shown: str | os.PathLike,
+                   note: bool = True) -> tuple[list[str], dict[str, int]]:
     """The parquet files under ``base`` of each split ``split`` slices (:func:`slice_names`), one split's after
     another's, and each split's rows (from the files' footers): what :func:`slice_rows` numbers the rows of. A file
-    of two of the splits is refused (its rows would be numbered in both). ``shown``: ``base`` as the spec names it."""
+    of two of the splits is refused (its rows would be numbered in both). ``shown``: ``base`` as the spec names it;
+    ``note``: say, as the whole join's read does, which files named for a longer split it leaves out."""
     import pyarrow.parquet as pq
 
     files: list[str] = []
     lengths: dict[str, int] = {}
-    for name in slice_names(split):
-        mine = parquet_files(base, name, shown, written=split)
+    names = slice_names(split)
+    for name in names:   # (a file one part leaves out and another reads is not noted: the whole join's notes, below)
+        mine = parquet_files(base, name, shown, written=split, note=False)
         both = [f for f in mine if f in files]
         if both:
             raise ValueError(f"hf_datasets {base}: split {split!r} slices the splits {slice_names(split)}, and the "
                              f"parquet file {both[0]} is of split {name!r} and of one before it; slice one of them")
         files += mine
         lengths[name] = sum(pq.read_metadata(f).num_rows for f in mine)
+    if note:
+        parquet_files(base, "+".join(names), shown, written=split)
     return files, lengths
 
 
@@ -144,6 +149,6 @@ def joined_lengths(base: Path, split: str | None, shown: str | os.PathLike) -> d
     if split is None or is_sliced(split) or len(slice_names(split)) < 2:
         return {}
     try:
-        return parquet_slices(base, split, shown)[1]
+        return parquet_slices(base, split, shown, note=False)[1]   # (the join's own read noted what it leaves out)
     except ValueError:   # (a file of two of the splits: parquet_slices refuses it, the whole join reads it once)
         return {}
