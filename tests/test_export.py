@@ -314,27 +314,34 @@ def test_plain_lora_on_a_float64_base_keeps_its_weights_in_float64(tmp_path):
         torch.testing.assert_close(fresh(x), routed, atol=1e-6, rtol=0)
 
 
+def _seeded_pair() -> nn.Sequential:
+    """Two linear layers, the same weights at each call."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
+
+
+def _float64_plain_export(tmp_path) -> tuple[nn.Module, Path]:
+    """:func:`_seeded_pair` adapted, ``.double()``-ed, randomized, and task b's plain LoRA export of it."""
+    model = mlv.attach(_seeded_pair(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
+    model.double()
+    _randomize(model)
+    return model, mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+
+
 def test_float64_adapters_export_to_a_plain_lora_that_folds_as_merge_bit_for_bit(tmp_path):
     """Helper 498: a ``.double()`` model's plain export held lora_B / lora_A rounded to fp32 (``lora_pair``), so
     ``apply_plain_lora`` on the float64 base came out ~2e-8 off ``merged_state_dict`` / ``merge``; the file holds the
     fp64 pair ``delta_weight`` multiplies. Folded into an fp32 base, the fp64 pair is multiplied in fp64 and the sum
     rounded once, as ``merge`` folds float64 adapters into an fp32 weight (``_product`` multiplied in fp32)."""
-    def base():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
-
-    model = mlv.attach(base(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
-    model.double()
-    _randomize(model)
-    path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+    model, path = _float64_plain_export(tmp_path)
     assert {t.dtype for t in load_file(path / PLAIN_WEIGHTS).values()} == {torch.float64}
     want = mlv.merged_state_dict(model, "b")
-    fresh = apply_plain_lora(base().double(), path)
+    fresh = apply_plain_lora(_seeded_pair().double(), path)
     for i in range(2):
         assert torch.equal(fresh[i].weight, want[f"{i}.weight"]), (fresh[i].weight - want[f"{i}.weight"]).abs().max()
-    narrow = apply_plain_lora(base(), path)   # the fp32 weights the model had before .double()
+    narrow = apply_plain_lora(_seeded_pair(), path)   # the fp32 weights the model had before .double()
     layers = attach_info(model).layers
-    for i, layer in enumerate(base()):
+    for i, layer in enumerate(_seeded_pair()):
         assert torch.equal(narrow[i].weight, (layer.weight.double() + layers[str(i)].delta_weight(1)).float())
 
 
@@ -755,20 +762,13 @@ def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path
     the host and multiplied on the device in fp32; where it does, in fp64 as before (the test above)."""
     import mtl_lora_vl.io.exports as exports
 
-    def base():
-        torch.manual_seed(0)
-        return nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 8))
-
-    model = mlv.attach(base(), mlv.MTLLoRAConfig(tasks=["a", "b"], r=4, alpha=8, targets={"image": [r"^\d$"]}))
-    model.double()
-    _randomize(model)
-    path = mlv.export_lora(model, "b", tmp_path / "plain", format="plain")
+    model, path = _float64_plain_export(tmp_path)
     pairs = load_file(path / PLAIN_WEIGHTS)
-    wide = apply_plain_lora(base(), path)
+    wide = apply_plain_lora(_seeded_pair(), path)
     monkeypatch.setattr(exports, "_holds_float64", lambda device: False, raising=False)
-    narrow = apply_plain_lora(base(), path)
+    narrow = apply_plain_lora(_seeded_pair(), path)
     differ = 0
-    for i, layer in enumerate(base()):
+    for i, layer in enumerate(_seeded_pair()):
         update = pairs[f"{i}.lora_B"].float() @ pairs[f"{i}.lora_A"].float()
         assert torch.equal(narrow[i].weight, layer.weight + update)
         differ += int(not torch.equal(narrow[i].weight, wide[i].weight))

@@ -129,15 +129,15 @@ def parquet_slices(base: Path, split: str, shown: str | os.PathLike,
     files: list[str] = []
     lengths: dict[str, int] = {}
     names = slice_names(split)
-    for name in names:   # (a file one part leaves out and another reads is not noted: the whole join's notes, below)
-        mine = parquet_files(base, name, shown, written=split, note=False)
+    for name in names:   # (in a join, a file one part leaves out and another reads is not noted: the join's, below)
+        mine = parquet_files(base, name, shown, written=split, note=note and len(names) == 1)
         both = [f for f in mine if f in files]
         if both:
             raise ValueError(f"hf_datasets {base}: split {split!r} slices the splits {slice_names(split)}, and the "
                              f"parquet file {both[0]} is of split {name!r} and of one before it; slice one of them")
         files += mine
         lengths[name] = sum(pq.read_metadata(f).num_rows for f in mine)
-    if note:
+    if note and len(names) > 1:
         parquet_files(base, "+".join(names), shown, written=split)
     return files, lengths
 
