@@ -46,3 +46,34 @@ def test_what_the_names_alone_cannot_tell_is_not_claimed():
     assert shared_parts("train[:90%]", "train[:10]") == []
     assert shared_parts("train[:10]+test", "train[5:]+test") == ["train[:10]", "test"]
     assert shared_parts("train[:]", "train[5:6]") == ["train[:]"]
+
+
+# Percents rounded two ways: a bound falls on other rows in each, so slices that meet at one percent share rows
+# (the overlap check compared the percents alone and said train[:50%] and train[50%:](pct1_dropremainder) share none).
+ROUNDED_APART = [("train[:50%]", "train[50%:](pct1_dropremainder)"),
+                 ("train[50%:](pct1_dropremainder)", "train[:50%]"),
+                 ("train[:50%]", "train[60%:](pct1_dropremainder)")]
+
+
+@pytest.mark.parametrize(("train", "test"), [*ROUNDED_APART, ("train[:50%](pct1_dropremainder)", "train[40%:]")])
+def test_slices_rounded_two_ways_sharing_rows_are_warned_of(tmp_path, caplog, train, test):
+    assert SHARED in _warned(tmp_path, caplog, train, test)
+
+
+@pytest.mark.parametrize(("train", "test"), [("train[:50%](pct1_dropremainder)", "train[50%:]"),
+                                             ("train[:50%](closest)", "train[50%:]"),
+                                             ("train[:50%](pct1_dropremainder)", "train[50%:](pct1_dropremainder)")])
+def test_slices_rounded_so_that_they_never_meet_are_not_warned_of(tmp_path, caplog, train, test):
+    assert "[data.test]" not in _warned(tmp_path, caplog, train, test)
+
+
+@pytest.mark.parametrize(("one", "other"), ROUNDED_APART)
+def test_the_slices_warned_of_share_rows_as_datasets_reads_them(one, other):
+    datasets = pytest.importorskip("datasets")
+
+    def rows(split: str, n: int) -> set[int]:
+        chosen = datasets.ReadInstruction.from_spec(split).to_absolute({"train": n})[0]
+        return set(range(chosen.from_, chosen.to))
+
+    assert any(rows(one, n) & rows(other, n) for n in range(100, 300))
+    assert shared_parts(one, other) == [one]

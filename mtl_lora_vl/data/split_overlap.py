@@ -3,7 +3,10 @@ test reads rows that train reads (:func:`mtl_lora_vl.tasks.spec.load_spec`), bef
 
 A ``split`` joins splits with ``+`` and may slice each as ``datasets`` does (``train[:90%]``, ``train[100:200]``;
 :mod:`.hf_slices` reads them). Two parts share rows where they name the same split and either is whole, or both slice
-it in the same unit (rows, or percents: rounded alike) counted from its start into ranges that overlap. Rows against
+it in the same unit (rows, or percents) counted from its start into ranges that overlap. Percents rounded two ways
+(``(pct1_dropremainder)`` beside the default, closest) share rows where they do on a split of some length, found by
+the rows each chooses: ``train[:50%]`` beside ``train[50%:](pct1_dropremainder)`` share rows 50 to 74 of 150, and
+``train[:60%](pct1_dropremainder)`` beside ``train[50%:]``, which share none of 199, do on 100. Rows against
 percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows. A
 table that gives no ``split`` reads the one split its files hold, whole (:mod:`.hf_parquet`, :mod:`.hf_datasets`): it
 shares rows with every part of the other's, whatever that split's name (``train[80%:]`` beside no split read rows
@@ -25,7 +28,8 @@ NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", 
                             "question_type_field"})
 
 #: One part of a split: its name, then maybe a slice ``[from:to]`` (each end rows or a percent) and a rounding.
-_PART = re.compile(r"(?P<name>[^\[\]()]+)(?:\[(?P<lo>-?\d*)(?P<lo_pct>%?):(?P<hi>-?\d*)(?P<hi_pct>%?)\])?(?:\(.*\))?")
+_PART = re.compile(r"(?P<name>[^\[\]()]+)(?:\[(?P<lo>-?\d*)(?P<lo_pct>%?):(?P<hi>-?\d*)(?P<hi_pct>%?)\])?"
+                   r"(?:\((?P<rounding>.*)\))?")
 
 
 def split_parts(split: str) -> list[str]:
@@ -34,25 +38,58 @@ def split_parts(split: str) -> list[str]:
     return [p.strip() for p in joined_splits(split)]
 
 
-def _rows(part: str) -> tuple[str, str | None, float, float]:
+_Part = tuple[str, "str | None", float, float, str]
+
+
+def _rows(part: str) -> _Part:
     """``part``'s split name, the unit of its slice (``""`` rows, ``"%"``, None: the whole split; ``"?"``: its length
-    decides) and the slice's ends (``[lo, hi)``)."""
+    decides), the slice's ends (``[lo, hi)``) and its rounding (``datasets``' default ``closest``, or as given)."""
     m = _PART.fullmatch(part)
     if m is None or m["lo"] is None:
-        return part if m is None else m["name"], None, 0, math.inf
+        return part if m is None else m["name"], None, 0, math.inf, ""
     units = {u for u, end in ((m["lo_pct"], m["lo"]), (m["hi_pct"], m["hi"])) if end}
     lo, hi = int(m["lo"] or 0), int(m["hi"]) if m["hi"] else math.inf
     unit = "?" if len(units) > 1 or lo < 0 or hi < 0 else units.pop() if units else None
-    return m["name"], unit, lo, hi
+    return m["name"], unit, lo, hi, (m["rounding"] or "closest").strip()
 
 
-def _overlap(a: tuple[str, str | None, float, float], b: tuple[str, str | None, float, float]) -> bool:
+def _pct_row(boundary: float, rows: int, rounding: str) -> int:
+    """The row a percent ``boundary`` of a split of ``rows`` rows falls on, as ``datasets``' ``ReadInstruction``
+    rounds it (``arrow_reader._pct_to_abs_closest`` / ``_pct_to_abs_pct1``; an open end is the last row's end)."""
+    if boundary == math.inf:
+        return rows
+    if rounding == "pct1_dropremainder":
+        return min(int(boundary) * math.trunc(rows / 100.0), rows)
+    return min(int(round(boundary * rows / 100.0)), rows)
+
+
+#: The split lengths on which percents rounded two ways are compared: pct1_dropremainder reads 100 rows or more, and
+#: past 10,100 rows (each percent 101 rows or more) the rows two bounds fall on differ by the percents between them
+#: times a length that only grows, plus what the rounding adds, which repeats every 100 rows (two hundreds: the
+#: closest rounding's ties go to the even row).
+_LENGTHS = range(100, 10_300)
+
+
+def _share_some_length(a: _Part, b: _Part) -> bool:
+    """Whether percent slices ``a`` and ``b`` of one split, rounded differently, choose a row in common on a split of
+    some length: ``train[:50%]`` and ``train[50%:](pct1_dropremainder)`` do on 150 rows (rows 50 to 74, as the second
+    rounds 50% of 150 down to 50), though no percent is in both."""
+    for n in _LENGTHS:
+        (la, ha), (lb, hb) = ((_pct_row(p[2], n, p[4]), _pct_row(p[3], n, p[4])) for p in (a, b))
+        if la < ha and lb < hb and la < hb and lb < ha:
+            return True
+    return False
+
+
+def _overlap(a: _Part, b: _Part) -> bool:
     if "" in (a[0], b[0]):   # (no split given: the one split the files hold, whole)
         return True
     if a[0] != b[0] or "?" in (a[1], b[1]):
         return False
     if a[1] is None or b[1] is None:   # (a whole split holds every slice's rows)
         return True
+    if a[1] == b[1] == "%" and a[4] != b[4]:   # (rounded two ways: a bound may fall on other rows in each)
+        return _share_some_length(a, b)
     return a[1] == b[1] and a[2] < b[3] and b[2] < a[3]
 
 
