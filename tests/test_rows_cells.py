@@ -274,3 +274,28 @@ def test_a_rows_whole_key_is_made_only_where_its_question_id_repeats(tmp_path, m
     with pytest.raises(DataFormatError, match="rows:7: question_id 3 is given to another row at rows:4, and the row "
                                               "repeats it whole"):
         _from_rows(tmp_path, rows)
+
+
+def test_a_list_and_an_array_of_equal_values_are_one_row_key(tmp_path):
+    """A list ``[1, 2]`` (a JSON file's cell, a datasets row's) and an array ``[1, 2]`` (a pandas table's) were two row
+    keys, list-of-values against array bytes, so a row repeated whole, read once each way, was two rows. A list equal
+    to an array value by value is keyed as that array (nested lists as a 2-D one, strings as strings); lists whose
+    values differ, a tuple (``[1, 2] != (1, 2)``), a list numpy would round (``[2**53 + 1, 0.5]``) stay apart."""
+    a = _png(tmp_path / "a.png")
+    row = {"image": a, "question": "is it red?", "answers": ["yes"], "question_id": 7}
+    equal = [([1, 2], np.array([1, 2])), ([1, 2], np.array([1.0, 2.0], np.float32)),
+             ([[1, 2], [3, 4]], np.array([[1, 2], [3, 4]])), ([float("nan"), 1.0], np.array([np.nan, 1.0])),
+             ([np.array([1, 2]), np.array([3, 4])], np.array([[1, 2], [3, 4]])), ([], np.array([], np.int64)),
+             ([[1, 2], [3]], np.array([np.array([1, 2]), np.array([3])], dtype=object)),
+             (["a", "bc"], np.array(["a", "bc"], dtype="<U5")), ([True, 0], np.array([1.0, 0.0]))]
+    for first, second in equal:
+        assert row_keys.row_key(first) == row_keys.row_key(second), (first, second)
+        assert hash(row_keys.row_key(first)) == hash(row_keys.row_key(second)), (first, second)
+    with pytest.raises(DataFormatError, match="rows:2: question_id 7 is given to another row at rows:1, and the row "
+                                              "repeats it whole"):
+        _from_rows(tmp_path, [{**row, "extra": [1, 2]}, {**row, "extra": np.array([1, 2])}])
+    other = [([2 ** 53 + 1, 0.5], np.array([2.0 ** 53, 0.5])), ([1, 2], (1, 2)), ([1, 2], np.array([[1, 2]])),
+             (["1"], np.array([1])), ([0.1], np.array([0.1], np.float32)), ([2 ** 70], [2 ** 70 + 1])]
+    for first, second in other:
+        assert row_keys.row_key(first) != row_keys.row_key(second), (first, second)
+    assert len(_from_rows(tmp_path, [{**row, "extra": [1, 2]}, {**row, "extra": np.array([1, 3])}]).examples) == 2

@@ -90,11 +90,33 @@ def _canonical(value: np.ndarray) -> tuple[str, np.ndarray]:
     return value.dtype.str, value
 
 
+def _numbers_array(value: list) -> np.ndarray | None:
+    """The list ``value`` (of numbers, or of such lists or arrays, rectangular) as the numpy array of numbers it
+    equals under ``==`` value by value, so that it is keyed as that array is (:func:`_canonical`); None for other
+    lists: of strings, ragged, of numbers numpy holds as objects (2**70), or whose numbers numpy's common type would
+    change (``[2**53 + 1, 0.5]``: the int is no float64)."""
+    if value and isinstance(value[0], (str, bytes, dict, type(None))):   # (answers: no try of numpy for strings)
+        return None
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError, OverflowError):   # (ragged; a nested list numpy cannot make)
+        return None
+    if array.dtype.kind not in "biufc":
+        return None
+    if array.dtype.kind in "fc":   # (each value as given, exactly: NaN as NaN)
+        exact = (np.asarray(value, dtype=object) == array) | (array != array)
+        if not exact.all():
+            return None
+    return array
+
+
 def row_key(value: Any) -> Any:
     """``value`` (a row, or a value in it) as a hashable key equal to another's where the values are equal under
     ``==``, NaN equal to NaN (a table's float cell: each read is another float object, and NaN != NaN; a repeated
     row is the same row whatever its NaNs' bits); an array's cell (numpy's, a tensor, unhashable) as its values, so
-    two equal arrays are equal, not two objects. A numpy array is keyed by its bytes at once (an embedding's 768
+    two equal arrays are equal, not two objects, and a list equal to an array value by value (``[1, 2]``, one
+    read's cell, and ``np.array([1, 2])``, another's) is keyed as that array; an array of strings as the list of them.
+    A numpy array is keyed by its bytes at once (an embedding's 768
     floats keyed one by one cost 23x the check's time), made equal for equal values (:func:`_canonical`); a numpy
     scalar (a float32 NaN is no float: never equal to itself) as its Python value; others by the list of their
     values."""
@@ -104,6 +126,8 @@ def row_key(value: Any) -> Any:
     if getattr(dtype, "hasobject", True) is False and callable(getattr(value, "tobytes", None)):
         if getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):   # a numpy scalar
             return row_key(value.item())
+        if isinstance(value, np.ndarray) and value.dtype.kind in "US":   # strings: as a list of them is
+            return row_key(value.tolist())
         if isinstance(value, np.ndarray):
             kind, value = _canonical(value)
             return "array", kind, value.shape, value.tobytes()
@@ -112,6 +136,8 @@ def row_key(value: Any) -> Any:
         value = value.tolist()   # (a tensor; an array of Python objects)
     if isinstance(value, dict):
         return "dict", frozenset((k, row_key(v)) for k, v in value.items())
+    if isinstance(value, list) and (array := _numbers_array(value)) is not None:
+        return row_key(array)   # (a JSON file's [1, 2] is a parquet table's array [1, 2]: one row)
     if isinstance(value, (list, tuple)):
         return type(value) is list, tuple(row_key(v) for v in value)
     if isinstance(value, float) and value != value:
