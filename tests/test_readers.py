@@ -578,6 +578,20 @@ def test_paths_escaping_the_root_are_refused(root, bad, strict):
     assert bad in str(err.value) and str(root) in str(err.value)
 
 
+def test_a_dot_dot_that_stays_inside_the_root_is_read_and_one_through_a_folder_link_out_is_refused(root):
+    """``val2014/../images/good.jpg`` names a file inside the data root (found so as resolved): read. A ``..`` after a
+    folder that links outside the root climbs from the link's target, not from the link: outside, refused."""
+    (root.parent / "outside" / "deep").mkdir(parents=True, exist_ok=True)
+    _rgb(root.parent / "outside" / "secret.jpg")
+    (root / "val2014").mkdir()
+    (root / "folder_out").symlink_to(root.parent / "outside" / "deep")
+    (root / "in.jsonl").write_text(json.dumps({"image": "val2014/../images/good.jpg", "text": "ok"}))
+    assert Path(read_split("jsonl", root, file="in.jsonl").examples[0].image) == (root / "images/good.jpg").resolve()
+    (root / "out.jsonl").write_text(json.dumps({"image": "folder_out/../secret.jpg", "text": "sneaky"}))
+    with pytest.raises(PathEscapeError, match="'folder_out/../secret.jpg' resolves to .*outside/secret.jpg, outside"):
+        read_split("jsonl", root, file="out.jsonl")
+
+
 def test_symlink_inside_root_is_fine(root):
     (root / "in.jsonl").write_text(json.dumps({"image": "images/link_in.jpg", "text": "ok"}))
     s = read_split("jsonl", root, file="in.jsonl")
