@@ -77,12 +77,12 @@ def base_weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
 
 
 def adapter_dtype(base: torch.dtype | None) -> torch.dtype:
-    """The dtype ``attach`` makes a layer's adapter tensors in, given its base weight's: torch's default dtype (fp32)
-    on an fp32, bf16, fp16, float8 or integer base -- adapters train in fp32 under half-precision weights and
-    autocast --, the base's own on a wider floating-point one: a float64 base gets float64 adapters, so gradient
-    checks and exactness tests in fp64 meet no fp32 rounding (they were made in fp32: an fp64 forward was exact to
-    ~1e-7 only, and ``torch.autograd.gradcheck`` of the adapters could not run)."""
-    default = torch.get_default_dtype()
-    if base is not None and base.is_floating_point and base.itemsize > default.itemsize:
+    """The dtype ``attach`` makes a layer's adapter tensors in, given its base weight's: fp32 on an fp32, bf16, fp16,
+    float8 or integer base (or none) -- adapters train in fp32 under half-precision weights and autocast --, the
+    base's own on a wider floating-point one: a float64 base gets float64 adapters, so gradient checks and exactness
+    tests in fp64 meet no fp32 rounding (they were made in fp32: an fp64 forward was exact to ~1e-7 only, and
+    ``torch.autograd.gradcheck`` of the adapters could not run). fp32 whatever torch's default dtype: under
+    ``torch.set_default_dtype(torch.float64)`` a bf16 or fp32 base got float64 adapters."""
+    if base is not None and base.is_floating_point and base.itemsize > torch.float32.itemsize:
         return base
-    return default
+    return torch.float32

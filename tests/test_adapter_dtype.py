@@ -12,7 +12,7 @@ from torch import nn
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.attention import LoRAMultiheadAttention
-from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES, LoRALinear
+from mtl_lora_vl.adapters.layers import ADAPTER_PARAM_NAMES, AdapterBank, LoRALinear
 from mtl_lora_vl.adapters.routing import Router
 from mtl_lora_vl.io import apply_plain_lora
 from mtl_lora_vl.io.exports import PLAIN_WEIGHTS
@@ -62,6 +62,33 @@ def test_adapter_dtype_leaves_narrow_and_non_float_bases_at_the_default_dtype():
     assert adapter_dtype(None) == torch.float32
     assert adapter_dtype(torch.int8) == torch.float32
     assert adapter_dtype(torch.float8_e4m3fn) == torch.float32
+
+
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 for one test, put back after it."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize(("base", "want"), [(torch.float64, torch.float64), (torch.float32, torch.float32),
+                                            (torch.bfloat16, torch.float32), (torch.float16, torch.float32)])
+def test_adapters_keep_their_dtype_where_torchs_default_dtype_is_float64(float64_default, base, want):
+    """adapter_dtype returned torch's default dtype below a wider base: under ``torch.set_default_dtype(float64)`` a
+    bf16, fp16 or fp32 base got float64 adapters (twice the memory, fp64 matmuls). Adapters are fp32 unless the base
+    is float64, whatever the default: attach (a Linear's bank, a MultiheadAttention's packed one), add_task's new
+    rows, and a bank made without a dtype (the adapter file check builds those on meta)."""
+    assert torch.get_default_dtype() == torch.float64
+    model = mlv.attach(_base(base), _config())
+    assert _adapter_dtypes(model) == {want}
+    mlv.add_task(model, "d")
+    assert _adapter_dtypes(model) == {want}
+    mha = LoRAMultiheadAttention(nn.MultiheadAttention(4, 2, batch_first=True).to(base), _config())
+    assert _adapter_dtypes(mha) == {want}
+    assert adapter_dtype(base) == want
+    assert _adapter_dtypes(AdapterBank(6, 5, _config(), device=torch.device("meta"))) == {torch.float32}
 
 
 def _formula(layer: LoRALinear, x: torch.Tensor, ids: list[int]) -> torch.Tensor:

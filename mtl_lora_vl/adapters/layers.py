@@ -65,7 +65,7 @@ class AdapterBank(nn.Module):
 
     ``out_slices`` (for packed q/k/v projections) marks which of the equal slices of the base
     output adapt; the adapter's own output covers only those, and zero rows fill the others. ``dtype``: the adapter
-    tensors' (None: torch's default; a layer passes :func:`~mtl_lora_vl.precision.adapter_dtype` of its base weight's).
+    tensors' (None: fp32; a layer passes :func:`~mtl_lora_vl.precision.adapter_dtype` of its base weight's).
     """
 
     def __init__(
@@ -92,7 +92,7 @@ class AdapterBank(nn.Module):
         T, r, n = cfg.num_tasks, cfg.r, cfg.n_up
         n_a = {"mtl_lora": 0, "lora": 0, "multi_lora": n, "moe_lora": n, "task_lora": T}[self.method]
         n_b = {"mtl_lora": n, "lora": 1, "multi_lora": n, "moe_lora": n, "task_lora": T}[self.method]
-        dd = {"device": device, "dtype": dtype}
+        dd = {"device": device, "dtype": adapter_dtype(None) if dtype is None else dtype}
         if n_a:
             self.lora_A = nn.Parameter(torch.stack([_kaiming(r, d_in, **dd) for _ in range(n_a)]))
         else:
