@@ -14,6 +14,7 @@ from conftest import llava_inputs, tiny_hf_clip, tiny_llava, tiny_open_clip, tin
 from safetensors.torch import load_file
 from test_adapter_io import _fresh, _hf_run, _llava_run, _oc_run, _outputs, _randomize, _trained  # noqa: F401
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import mtl_lora_vl as mlv
 from mtl_lora_vl.adapters.attach import attach_info
@@ -755,21 +756,52 @@ def test_a_float8_base_is_refused_by_name_before_any_weight_is_written(fold, tmp
         assert not (tmp_path / "merged.safetensors").exists()
 
 
-def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path, monkeypatch):
+class _NoFloat64OnDevices(TorchFunctionMode):
+    """CPU faking a device that holds no float64, as MPS does (``refuses="move"``: a float64 tensor moved to a device,
+    ``.to(device)``, raises its TypeError; casts on the host, ``.to(dtype=)``, pass) or as an Intel Arc GPU under XPU
+    does (``refuses="kernel"``: a float64 matrix product raises its RuntimeError). ``refused`` counts them."""
+
+    def __init__(self, refuses: str) -> None:
+        super().__init__()
+        self.refuses, self.refused = refuses, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        wide = any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args)
+        if self.refuses == "kernel" and func in (torch.Tensor.matmul, torch.matmul) and wide:
+            self.refused += 1
+            raise RuntimeError("Required aspect fp64 is not supported on the device")
+        out = func(*args, **kwargs)
+        moved = "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args[1:])
+        if (self.refuses == "move" and func is torch.Tensor.to and moved and isinstance(out, torch.Tensor)
+                and out.dtype == torch.float64):
+            self.refused += 1
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+        return out
+
+
+@pytest.mark.parametrize("refuses", ["move", "kernel"])
+def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path, refuses):
     """Helper 513: a float64 model's plain export keeps its fp64 pair, and apply_plain_lora moved it to the weight's
     device as float64 to multiply there: on Apple's MPS (no float64) folding such a file into an fp32 model raised
-    TypeError. Where the device holds no float64 (the check monkeypatched: no MPS here), the pair is cast to fp32 on
-    the host and multiplied on the device in fp32; where it does, in fp64 as before (the test above)."""
-    import mtl_lora_vl.io.exports as exports
-
+    TypeError. _holds_float64 then knew MPS by name only (Intel Arc GPUs under XPU, DirectML on them, lack float64
+    too); it now asks the device, once per device in each apply_plain_lora call. Here CPU fakes a device that refuses
+    float64 tensors (MPS) or float64 kernels (Arc): the pair is cast to fp32 on the host and multiplied in fp32, the
+    device asked once for the two layers and again by the next call (nothing kept); where the device holds float64,
+    in fp64 as before."""
     model, path = _float64_plain_export(tmp_path)
     pairs = load_file(path / PLAIN_WEIGHTS)
     wide = apply_plain_lora(_seeded_pair(), path)
-    monkeypatch.setattr(exports, "_holds_float64", lambda device: False, raising=False)
-    narrow = apply_plain_lora(_seeded_pair(), path)
+    fake = _NoFloat64OnDevices(refuses)
+    with fake:
+        narrow = apply_plain_lora(_seeded_pair(), path)
+        assert fake.refused == 1
+        again = apply_plain_lora(_seeded_pair(), path)
+        assert fake.refused == 2
     differ = 0
     for i, layer in enumerate(_seeded_pair()):
         update = pairs[f"{i}.lora_B"].float() @ pairs[f"{i}.lora_A"].float()
         assert torch.equal(narrow[i].weight, layer.weight + update)
+        assert torch.equal(again[i].weight, narrow[i].weight)
         differ += int(not torch.equal(narrow[i].weight, wide[i].weight))
     assert differ   # (fp32 and fp64 products round apart somewhere: the fp32 fold was taken)

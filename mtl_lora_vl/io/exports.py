@@ -332,25 +332,36 @@ def apply_plain_lora(base_model: nn.Module, path: str | Path, check_base_weights
                                    f"lora_B {tuple(B.shape)} @ lora_A {tuple(A.shape)} does not give it")
         updates.append((w, B, A))
     with torch.no_grad():
-        new = [folded(w, _product(w, B, A)) for w, B, A in updates]
+        float64: dict[torch.device, bool] = {}   # (this fold's: a device is asked once)
+        new = [folded(w, _product(w, B, A, float64)) for w, B, A in updates]
         for (w, _, _), value in zip(updates, new):
             w.copy_(value)
     return base_model
 
 
-def _product(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+def _product(w: torch.Tensor, B: torch.Tensor, A: torch.Tensor, float64: dict[torch.device, bool]) -> torch.Tensor:
     """``B @ A`` on ``w``'s device, multiplied in the widest of fp32, ``w``'s dtype and the file's (as merge
-    multiplies: fp64 for a float64 adapter on an fp32 base too); on a device that holds no float64 (Apple's MPS,
-    where a float64 file's pair moved as it is raised TypeError) in fp32, the pair cast on the host first."""
+    multiplies: fp64 for a float64 adapter on an fp32 base too); on a device that computes no float64 (see
+    :func:`_holds_float64`; ``float64`` holds what the fold found so far) in fp32, the pair cast on the host first."""
     acc = torch.promote_types(torch.promote_types(w.dtype, B.dtype), torch.float32)
-    if acc == torch.float64 and not _holds_float64(w.device):
+    if acc == torch.float64 and not _holds_float64(w.device, float64):
         acc = torch.float32
     return B.to(dtype=acc).to(w.device) @ A.to(dtype=acc).to(w.device)
 
 
-def _holds_float64(device: torch.device) -> bool:
-    """Whether tensors on ``device`` can be float64 (not on Apple's MPS)."""
-    return device.type != "mps"
+def _holds_float64(device: torch.device, known: dict[torch.device, bool]) -> bool:
+    """Whether ``device`` computes in float64, found by moving a 1 x 1 float64 matrix there and squaring it, once per
+    device in ``known`` (the caller's, for one call: nothing is kept across calls). Devices without float64 fail
+    that: Apple's MPS refuses the move (TypeError), Intel's Arc A-series GPUs under XPU (no fp64 units, where the
+    Data Center Max and Arc B-series have them) the kernel ("Required aspect fp64 is not supported on the device"),
+    DirectML on such GPUs too (RuntimeError); a device whose answer is wrong counts as one without."""
+    if device not in known:
+        try:
+            one = torch.ones(1, 1, dtype=torch.float64).to(device)
+            known[device] = bool((one @ one).item() == 1.0)
+        except (TypeError, RuntimeError):
+            known[device] = False
+    return known[device]
 
 
 # ---------------------------------------------------------------------------------------------- merged
