@@ -4,6 +4,7 @@ source folder's processor already reads as the adapter's images were read (helpe
 from __future__ import annotations
 
 import importlib
+import json
 
 import pytest
 from qwen_tiny import save_tiny_qwen2vl
@@ -89,3 +90,49 @@ def test_an_older_adapters_area_note_is_left_out_where_the_source_processor_read
         with caplog.at_level("WARNING"):
             mlv.export_lora(model, "a", tmp_path / f"peft_{name}", format="peft")
         assert ("max_pixels=4096 at most" in caplog.text) is told, (name, caplog.text)
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def _hub_cache(root, commit=HUB_COMMIT, seed=0, longest_edge=None):
+    """A hub cache holding the tiny Qwen2-VL as snapshot ``commit`` of ``org/tiny-qwen`` (``refs/main`` naming it);
+    ``seed``: its weights', ``longest_edge``: its processor's max_pixels where given."""
+    repo = root / "models--org--tiny-qwen"
+    snapshot = save_tiny_qwen2vl(repo / "snapshots" / commit, seed=seed)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    if longest_edge is not None:
+        path = snapshot / "processor_config.json"
+        cfg = json.loads(path.read_text())
+        cfg["image_processor"]["size"]["longest_edge"] = longest_edge
+        path.write_text(json.dumps(cfg))
+    return snapshot
+
+
+@pytest.mark.parametrize(("cached", "told"), [("commit", False), ("one snapshot", False), ("wider", True),
+                                              ("not cached", True), ("two snapshots", True), ("other weights", True)])
+def test_a_hub_id_qwen2vl_models_note_is_read_off_its_snapshot_in_the_local_hub_cache(tmp_path, monkeypatch, caplog,
+                                                                                       cached, told):
+    """A Qwen2-VL loaded by hub id (``name_or_path`` 'org/tiny-qwen') was told 'load the base model's processor with
+    min_pixels=1024, max_pixels=1024' though that id's snapshot in the local hub cache, its files, reads exactly so
+    (7797b07 read the folder a model was loaded from only). The snapshot is read where it is known for sure: the
+    commit the config records, else the id's one snapshot, holding the model's weights. A snapshot whose processor
+    reads more, an id not cached, two snapshots and no commit recorded, or a snapshot of other weights: told."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    folder = save_tiny_qwen2vl(tmp_path / "q")
+    if cached != "not cached":
+        wider = 1_000_000 if cached == "wider" else None
+        _hub_cache(hub, seed=1 if cached == "other weights" else 0, longest_edge=wider)
+    if cached == "two snapshots":
+        _hub_cache(hub, commit="f" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = _qwen_model(folder)
+    model.name_or_path = model.config.name_or_path = "org/tiny-qwen"   # as from_pretrained("org/tiny-qwen") sets them
+    model.config._commit_hash = HUB_COMMIT if cached == "commit" else None
+    with caplog.at_level("WARNING"):
+        out = mlv.export_lora(model, "a", tmp_path / "peft", format="peft")
+    assert ("min_pixels=1024" in caplog.text) is told, caplog.text
+    assert ("min_pixels=1024" in (out / "README.md").read_text()) is told

@@ -21,7 +21,7 @@ from ..backbones.image_record import DEFAULT_MAX_PIXELS, ImageRecord, image_reco
 from ..families import family_named, find_family, inner_family
 from ..log import warn_user
 from .layout import AdapterFileError
-from .source_files import loaded_from
+from .source_files import hub_snapshot, loaded_from
 
 __all__ = ["IMAGE_READINGS", "area_read", "check_image_fields", "image_note", "record_images", "recorded_bounds",
            "take_images"]
@@ -178,9 +178,12 @@ def image_note(model: nn.Module) -> str:
 
 def _processor_area(model: nn.Module) -> tuple[int, int] | None:
     """The ``(min_pixels, max_pixels)`` the image processor of the folder the written model was loaded from reads
-    within, as its family's backbone tells (``processor_area``: Qwen2-VL's); None where that is not known: a model
-    loaded by hub id or built from a config, a folder without a readable image processor, a family that tells none."""
+    within, as its family's backbone tells (``processor_area``: Qwen2-VL's); for a model loaded by hub id, of its
+    snapshot in the local hub cache (:func:`~.source_files.hub_snapshot`). None where that is not known: a model
+    built from a config, a hub id whose snapshot is not known for sure, a folder without a readable image processor,
+    a family that tells none."""
     whole, family = written_family(model)
-    folder, fam = loaded_from(whole), family_named(family)
+    fam = family_named(family)
     read = getattr(backbone_class(fam.backbone), "processor_area", None) if fam is not None and fam.backbone else None
+    folder = (loaded_from(whole) or hub_snapshot(whole)) if read is not None else None
     return read(folder) if read is not None and folder is not None else None

@@ -17,13 +17,33 @@ from ..log import warn_user
 from .atomic import linked_out_of
 from .layout import ADAPTER_CONFIG, LEGACY_ADAPTER_CONFIG
 
-__all__ = ["hf_writes", "loaded_from", "refuse_linked_out", "source_folder", "weights_or_adapter"]
+__all__ = ["hf_writes", "hub_snapshot", "loaded_from", "refuse_linked_out", "source_folder", "weights_or_adapter"]
 
 
 def loaded_from(model: nn.Module) -> Path | None:
     """The local directory a Hugging Face model was ``from_pretrained`` from, if any."""
     name = getattr(model, "name_or_path", "") or ""
     return Path(name) if name and Path(name).is_dir() else None
+
+
+def hub_snapshot(model: nn.Module) -> Path | None:
+    """The snapshot in the local hub cache (:func:`~..backbones.cache.hub_caches`) that a model loaded by hub id was
+    loaded from, where that is known without doubt: the commit its config records (``_commit_hash``), else the one
+    snapshot of the id in the first cache holding any; and its weights are the model's (:func:`_other_weights`).
+    None otherwise: a model loaded from a folder or built from a config, an id not cached, several snapshots and no
+    commit recorded, another snapshot's weights (the model came from another cache or revision). Nothing is warned
+    or refused: what a note may rest on (no network)."""
+    name = getattr(model, "name_or_path", "") or ""
+    if not is_hub_id(name) or loaded_from(model) is not None:
+        return None
+    caches = hub_caches()
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    if commit:
+        snapshot = next((s for s in (cached_hub_snapshot(name, commit, c) for c in caches) if s is not None), None)
+    else:
+        snapshots = next((found for found in (cached_hub_snapshots(name, c) for c in caches) if found), {})
+        snapshot = next(iter(snapshots)) if len(snapshots) == 1 else None
+    return snapshot if snapshot is not None and _other_weights(model, snapshot) is None else None
 
 
 def source_folder(model: nn.Module, out: str | Path) -> Path | None:
