@@ -30,7 +30,13 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   (:func:`_shares_a_word`) is named only where its spelling is very close (ratio >= 0.8, ``--batchsize`` ->
   ``--batch-size``): ``--compile-mode x`` and ``--save-total-limit 3`` are told nothing, not ``--batch-mode`` and
   ``--eval-split``; ``n`` (a count) is a filler, so train's ``--n-val 100`` is not told ``--n-up`` (no train flag sizes
-  the validation split: a spec's ``[data.val] n`` does).
+  the validation split: a spec's ``[data.val] n`` does);
+- a flag of the data's ``X`` (``--data-seed``, ``--data-workers``, ``--dataset-split``) means the flag for ``X``
+  (``--seed``, ``--workers``, ``--split`` / train's ``--eval-split``), not ``--data-root`` (spelt alike): the data
+  word only says whose; a split no flag reads (``train[:10%]``) is told that a task spec's ``split`` chooses rows.
+
+A hint may carry a note after the flag (``FLAG; NOTE``), or be a note alone (``; NOTE``, where no flag does it):
+:func:`hint_text` writes either.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from typing import Any
 
 from ..log import LEVELS
 
-__all__ = ["builtin_task_names", "closest_flag", "unknown_flag_hints"]
+__all__ = ["builtin_task_names", "closest_flag", "hint_text", "unknown_flag_hints"]
 
 #: Another tool's word (Hugging Face Trainer, PEFT, timm, Lightning) -> this package's words for it ("": left out).
 _SAME: dict[str, tuple[str, ...]] = {
@@ -88,6 +94,13 @@ _NOT_SAME = (("seed", "seeds"),)
 
 #: The values a switch (a boolean flag) takes after it.
 _SWITCH_VALUES = frozenset({"true", "false"})
+
+#: What no flag does, for a split's typo (``--data-split train[:10%]``).
+_SPLIT_NOTE = ("no flag chooses a task's rows: a task spec's split option does ([data.train] or [data.test] split = "
+               "\"train[:10%]\"), the spec given to --tasks")
+
+#: Notes on a flag named for a typo that may mean another thing.
+_FLAG_NOTES = {"--eval-split": "the split scored at the end; the rows trained on: a task spec's [data.train]"}
 
 
 def _words(name: str) -> list[str]:
@@ -196,6 +209,12 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
     data = _data_flag(words, value, flags)
     if data is not False:
         return data
+    shared = words   # the words a flag spelt alike must share one of
+    if words[0] in _DATASET_WORDS and len(words) > 1:   # --data-seed: the seed (of the data), not --data-root
+        of = _of_the_data(words[1:], flags, switches, value, readers)
+        if of is not None:
+            return of
+        shared = words[1:]   # (--data-rot: --data-root by its spelling alone)
     negated = name.lstrip("-").lower().startswith("no") or "no" in _alternatives(words[0])
     pool = [f for f in flags if not (valued and f in switches) and (negated or not f.startswith(_NEGATIONS))
             and not _means_other(words, _words(f))]
@@ -210,9 +229,37 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
         ratio = difflib.SequenceMatcher(None, name, f).ratio()
         fw = _words(f) or [""]
         # a shared first or last word outweighs a slightly closer spelling, not a much closer one
-        if ratio >= 0.8 or (ratio >= 0.6 and _shares_a_word(words, fw)):
+        if ratio >= 0.8 or (ratio >= 0.6 and _shares_a_word(shared, fw)):
             scored.append((ratio + 0.1 * (fw[0] in first or fw[-1] in last), f))
     return max(scored)[1] if scored else None
+
+
+def _of_the_data(words: Sequence[str], flags: Sequence[str], switches: Collection[str], value: str | None,
+                 readers: Mapping[str, Callable[[str], Any]] | None) -> str | None:
+    """The flag for what a typo says of the data (``words``: ``--data-seed``'s ``["seed"]``): that flag where the
+    command has it and it reads ``value`` (eval's ``--split``), else the closest to those words (``--seed``,
+    ``--workers``, train's ``--eval-split``); for a split no flag reads, that a task spec's split option chooses the
+    rows. None: nothing of those words here (a close spelling of a data flag is :func:`_data_flag`'s or none)."""
+    name = "--" + "-".join(words)
+    reader = {**_SHARED_READERS, **(readers or {})}.get(name)
+    valued = value is not None and value.lower() not in _SWITCH_VALUES
+    if name in flags and not (valued and name in switches) and (value is None or _reads(reader, value)):
+        meant: str | None = name
+    else:
+        meant = closest_flag(name, flags, switches, value, readers)
+    if meant is None and {"split", "splits"} & set(words):
+        return f"; {_SPLIT_NOTE}"
+    return f"{meant}; {_FLAG_NOTES[meant]}" if meant in _FLAG_NOTES else meant
+
+
+def hint_text(close: str) -> str:
+    """The did-you-mean written after an unknown flag, from :func:`closest_flag`'s hint: ``(did you mean FLAG?)``,
+    with its note after the question (``FLAG; NOTE``: ``(did you mean FLAG? NOTE)``), or the note alone
+    (``; NOTE``: ``(NOTE)``)."""
+    meant, _, note = close.partition("; ")
+    if not meant:
+        return f"({note})"
+    return f"(did you mean {meant}?{' ' + note if note else ''})"
 
 
 def _shares_a_word(words: Sequence[str], flag_words: Sequence[str]) -> bool:

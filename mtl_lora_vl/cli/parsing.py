@@ -43,7 +43,7 @@ from ..config import unrepeated_keys
 from ..log import LEVELS
 from ..options import ADAPTER_SHAPE, RESOLVED, describe_allowed, field_types, non_none, out_of_range, range_text
 from ..whole_files import FileTooLarge, read_whole
-from .flag_hints import unknown_flag_hints
+from .flag_hints import hint_text, unknown_flag_hints
 
 __all__ = ["build_parser", "check_file_key", "fail", "parse_options", "parse_options_given", "read_config",
            "read_table"]
@@ -166,7 +166,7 @@ def _parse(parser: ArgumentParser, cls: type, argv: list[str]) -> Any:
             switches = [*(f for f, name in _flags(cls).items() if non_none(types_[name])[0] is bool),
                         "--verbose", "--quiet", "--help"]
             tokens = message.split(":", 1)[1].split()
-            hints = [f"{tok.partition('=')[0]} (did you mean {close}?)"
+            hints = [f"{tok.partition('=')[0]} {hint_text(close)}"
                      for tok, close in unknown_flag_hints(tokens, flags, switches, _readers(cls)) if close]
             if hints:
                 message += "; " + "; ".join(hints) + "; options are spelt in full"

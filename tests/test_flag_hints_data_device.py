@@ -1,0 +1,59 @@
+"""Did-you-means that named the wrong flag (closing note 63, section 4): ``--data-seed 3``, ``--data-split val`` and
+``--data-workers 4`` were told ``--data-root`` (spelt alike: the data word only says whose seed, split, workers);
+``--cpu 1`` and ``--gpu 0,1`` a bare ``--device``; ``--dataset lmms-lab/VQAv2`` (a hub id) ``--data-root``."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtl_lora_vl.cli import parse_eval_args, parse_train_args
+from mtl_lora_vl.cli.flag_hints import closest_flag, hint_text
+
+
+def _refusal(capsys, parse, argv: list[str]) -> str:
+    """The "unrecognized arguments" line ``parse`` refuses ``argv`` with."""
+    with pytest.raises(SystemExit) as info:
+        parse(argv)
+    assert info.value.code == 2
+    return next(line for line in capsys.readouterr().err.splitlines() if "unrecognized arguments" in line)
+
+
+@pytest.mark.parametrize(("parse", "argv", "says"), [
+    (parse_train_args, ["--data-seed", "3"], "--data-seed (did you mean --seed?)"),
+    (parse_train_args, ["--data-seed=3"], "--data-seed (did you mean --seed?)"),
+    (parse_train_args, ["--data-workers", "4"], "--data-workers (did you mean --workers?)"),
+    (parse_eval_args, ["--data-workers", "4"], "--data-workers (did you mean --workers?)"),
+    (parse_eval_args, ["--data-split", "val"], "--data-split (did you mean --split?)"),
+    (parse_eval_args, ["--dataset-split", "val"], "--dataset-split (did you mean --split?)"),
+    # train has no flag choosing the rows it trains on: the split scored, and where the training rows are chosen
+    (parse_train_args, ["--data-split", "val"],
+     "--data-split (did you mean --eval-split? the split scored at the end; the rows trained on: a task spec's "
+     "[data.train])"),
+])
+def test_a_flag_of_the_data_is_told_the_flag_for_what_it_names(capsys, parse, argv, says):
+    line = _refusal(capsys, parse, argv)
+    assert says in line, line
+    assert "--data-root" not in line
+
+
+@pytest.mark.parametrize("parse", [parse_train_args, parse_eval_args])
+def test_a_split_no_flag_reads_is_told_where_rows_are_chosen(capsys, parse):
+    line = _refusal(capsys, parse, ["--data-split", "train[:10%]"])
+    assert ("--data-split (no flag chooses a task's rows: a task spec's split option does ([data.train] or "
+            "[data.test] split = \"train[:10%]\"), the spec given to --tasks)") in line, line
+
+
+def test_no_flag_of_the_data_leaves_the_hint_out():
+    """eval has no seed: ``--data-seed`` is told nothing, not ``--data-root``; a close spelling of ``--data-root``
+    is still told it."""
+    flags = ["--tasks", "--data-root", "--split", "--workers"]
+    assert closest_flag("--data-seed", flags, value="3") is None
+    assert closest_flag("--data-rot", flags, value="/data") == "--data-root"
+    assert closest_flag("--data-roots", flags, value="/data") == "--data-root"
+    assert closest_flag("--data-dir", flags, value="/data") == "--data-root"   # (a folder's word, as before)
+
+
+def test_the_hint_text_holds_a_note_after_the_question_or_alone():
+    assert hint_text("--lr") == "(did you mean --lr?)"
+    assert hint_text("--device cuda:0; that is one GPU") == "(did you mean --device cuda:0? that is one GPU)"
+    assert hint_text("; no flag does it") == "(no flag does it)"
