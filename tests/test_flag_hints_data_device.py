@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from mtl_lora_vl.benchmark.cli import main as bench_main
 from mtl_lora_vl.cli import parse_eval_args, parse_train_args
 from mtl_lora_vl.cli.flag_hints import closest_flag, hint_text
 
@@ -51,6 +52,31 @@ def test_no_flag_of_the_data_leaves_the_hint_out():
     assert closest_flag("--data-rot", flags, value="/data") == "--data-root"
     assert closest_flag("--data-roots", flags, value="/data") == "--data-root"
     assert closest_flag("--data-dir", flags, value="/data") == "--data-root"   # (a folder's word, as before)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--cpu", "1"], "--cpu (did you mean --device cpu?)"),
+    (["--cpu", "yes"], "--cpu (did you mean --device cpu?)"),
+    (["--cpu", "false"], "--cpu (did you mean --device?)"),
+    (["--gpu", "1"], "--gpu (did you mean --device cuda:1?)"),
+    (["--gpu", "0,1"], "--gpu (did you mean --device cuda:0? that is one GPU; 2 GPUs run as 2 processes, one a GPU: "
+                       "CUDA_VISIBLE_DEVICES=0,1 torchrun --nproc_per_node 2 ... with --device cuda (or auto))"),
+    (["--gpus", "2,3,5"], "CUDA_VISIBLE_DEVICES=2,3,5 torchrun --nproc_per_node 3"),
+    (["--num-gpus", "2"], "--num-gpus (did you mean --device cuda? 2 GPUs run as 2 processes, one a GPU: torchrun "
+                          "--nproc_per_node 2 ... with --device cuda (or auto))"),
+])
+def test_a_device_given_as_a_switch_is_told_the_device_and_how_several_gpus_run(capsys, argv, says):
+    line = _refusal(capsys, parse_train_args, argv)
+    assert says in line, line
+
+
+def test_bench_is_told_it_runs_on_one_gpu(capsys):
+    """bench runs no torchrun: several GPUs are told the one it runs on (each argv holds an unknown flag: refused
+    before anything runs)."""
+    assert ("--gpu (did you mean --device cuda:0? that is one GPU; this command runs on one GPU) 0,1"
+            in _refusal(capsys, bench_main, ["--gpu", "0,1"]))
+    assert ("--num-gpus (did you mean --device cuda? this command runs on one GPU) 2"
+            in _refusal(capsys, bench_main, ["--num-gpus", "2"]))
 
 
 def test_the_hint_text_holds_a_note_after_the_question_or_alone():

@@ -156,8 +156,8 @@ def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]
     switches = [s for a in parser._actions if a.nargs == 0 for s in a.option_strings]   # (store_true, --help)
     readers = {s: a.type if a.type is int else functools.partial(_choice, a.choices) if a.choices else _floats
                for a in parser._actions if a.type is int or a.choices or a.dest == "lr_grid" for s in a.option_strings}
-    return [f"{tok} {hint_text(close)}" if close else tok
-            for tok, close in unknown_flag_hints(tokens, flags, switches, readers)]
+    return [f"{tok} {hint_text(close)}" if close else tok   # (torchrun: bench runs its runs on one device)
+            for tok, close in unknown_flag_hints(tokens, flags, switches, readers, torchrun=False)]
 
 
 def _choice(choices: Collection[str], value: str) -> str:

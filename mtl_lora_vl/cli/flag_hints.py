@@ -33,7 +33,9 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   the validation split: a spec's ``[data.val] n`` does);
 - a flag of the data's ``X`` (``--data-seed``, ``--data-workers``, ``--dataset-split``) means the flag for ``X``
   (``--seed``, ``--workers``, ``--split`` / train's ``--eval-split``), not ``--data-root`` (spelt alike): the data
-  word only says whose; a split no flag reads (``train[:10%]``) is told that a task spec's ``split`` chooses rows.
+  word only says whose; a split no flag reads (``train[:10%]``) is told that a task spec's ``split`` chooses rows;
+- a device given as a switch with a value: ``--cpu 1`` -> ``--device cpu``, ``--gpu 0,1`` -> ``--device cuda:0``
+  and how several GPUs run (torchrun, a rank a GPU), ``--num-gpus 2`` -> how 2 GPUs run.
 
 A hint may carry a note after the flag (``FLAG; NOTE``), or be a note alone (``; NOTE``, where no flag does it):
 :func:`hint_text` writes either.
@@ -45,6 +47,7 @@ import difflib
 import importlib.resources
 import itertools
 import os
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,8 +95,15 @@ _DATA_FILES = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".arrow", ".txt", 
 #: Words of a flag that name another thing than the word they are spelt like: a seed and a count of seeds.
 _NOT_SAME = (("seed", "seeds"),)
 
-#: The values a switch (a boolean flag) takes after it.
+#: The values a switch (a boolean flag) takes after it; those of a value switch (``--cpu 1``) that say "on".
 _SWITCH_VALUES = frozenset({"true", "false"})
+_ON = frozenset({"true", "1", "yes", "on"})
+
+#: GPU numbers (``0``, ``0,1``), and how several GPUs run: a process (rank) a GPU, started by torchrun.
+_GPU_IDS = re.compile(r"\d+(\s*,\s*\d+)*")
+_SEVERAL_GPUS = ("{n} GPUs run as {n} processes, one a GPU: {visible}torchrun --nproc_per_node {n} ... with --device "
+                 "cuda (or auto)")
+_ONE_GPU = "this command runs on one GPU"
 
 #: What no flag does, for a split's typo (``--data-split train[:10%]``).
 _SPLIT_NOTE = ("no flag chooses a task's rows: a task spec's split option does ([data.train] or [data.test] split = "
@@ -182,7 +192,8 @@ def _means_other(words: Sequence[str], flag_words: Sequence[str]) -> bool:
 
 
 def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (),
-                 value: str | None = None, readers: Mapping[str, Callable[[str], Any]] | None = None) -> str | None:
+                 value: str | None = None, readers: Mapping[str, Callable[[str], Any]] | None = None,
+                 torchrun: bool = True) -> str | None:
     """The flag of ``flags`` an unknown command-line ``token`` (``--name`` or ``--name=value``) most likely means,
     or None when none is close or the token is not an unknown flag. ``switches``: the flags of ``flags`` that take
     no value (or only true / false), never named for a token given another ``value`` (the next token, or after
@@ -190,7 +201,8 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
     read that value. The words of another tool's flag name this package's (:func:`_same_meaning`); else the closest
     spelling wins, a flag sharing the token's first or last word first. A ``--no-...`` flag is named only for a typo
     that says no (``--no-compiling``, ``--disable-compile``): ``--torch-compile`` means ``--compile``. A precision typed
-    as a switch is told the flag and value (``--bf16`` -> ``--precision bf16``)."""
+    as a switch is told the flag and value (``--bf16`` -> ``--precision bf16``); several GPUs are told how they run
+    (``torchrun``: the command runs under torchrun, else that it runs on one)."""
     name, eq, given = token.partition("=")
     if not name.startswith("--") or name in flags:
         return None
@@ -203,9 +215,17 @@ def closest_flag(token: str, flags: Sequence[str], switches: Collection[str] = (
         meant, takers = _VALUE_SWITCHES[words[0]]
         taker = next((f for f in takers if f in flags), None)
         if taker is not None:
-            if value is not None and value.isdigit() and meant == "cuda":   # --gpu 1: the GPU of that index
-                return f"{taker} cuda:{value}"
-            return f"{taker} {meant}" if value is None or value.lower() == "true" else taker
+            if value is not None and _GPU_IDS.fullmatch(value) and meant == "cuda":   # --gpu 1: the GPU of that index
+                ids = [i.strip() for i in value.split(",")]
+                several = (_SEVERAL_GPUS.format(n=len(ids), visible=f"CUDA_VISIBLE_DEVICES={','.join(ids)} ")
+                           if torchrun else _ONE_GPU)
+                return f"{taker} cuda:{ids[0]}" + (f"; that is one GPU; {several}" if len(ids) > 1 else "")
+            return f"{taker} {meant}" if value is None or value.lower() in _ON else taker
+    if [w for w in words if w not in _FILLER] == ["gpus"] and "--device" in flags and value is not None:
+        ids = [i.strip() for i in value.split(",")]
+        if _GPU_IDS.fullmatch(value) and (len(ids) > 1 or int(value) > 1):   # --num-gpus 2 (a count), --gpus 0,1
+            n, visible = (len(ids), f"CUDA_VISIBLE_DEVICES={','.join(ids)} ") if len(ids) > 1 else (int(value), "")
+            return "--device cuda; " + (_SEVERAL_GPUS.format(n=n, visible=visible) if torchrun else _ONE_GPU)
     data = _data_flag(words, value, flags)
     if data is not False:
         return data
@@ -277,13 +297,14 @@ def _shares_a_word(words: Sequence[str], flag_words: Sequence[str]) -> bool:
 
 
 def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str], switches: Collection[str] = (),
-                       readers: Mapping[str, Callable[[str], Any]] | None = None) -> list[tuple[str, str | None]]:
+                       readers: Mapping[str, Callable[[str], Any]] | None = None,
+                       torchrun: bool = True) -> list[tuple[str, str | None]]:
     """Each of the unknown command-line ``tokens`` (as the parser lists them, values included) with the flag it
     most likely means (:func:`closest_flag`; None for a value or where none is close); a token's value is the one
-    after it, unless that is a flag too."""
+    after it, unless that is a flag too. ``torchrun``: whether the command runs on several GPUs under torchrun."""
     out = []
     for i, tok in enumerate(tokens):
         after = tokens[i + 1] if i + 1 < len(tokens) else None
         value = after if after is not None and not after.startswith("--") else None
-        out.append((tok, closest_flag(tok, flags, switches, value, readers)))
+        out.append((tok, closest_flag(tok, flags, switches, value, readers, torchrun)))
     return out
