@@ -79,6 +79,17 @@ def test_bench_is_told_it_runs_on_one_gpu(capsys):
             in _refusal(capsys, bench_main, ["--num-gpus", "2"]))
 
 
+@pytest.mark.parametrize("typo", ["--dataset", "--dataset-name", "--data"])
+def test_a_hub_dataset_is_told_how_it_is_read(capsys, tmp_path, monkeypatch, typo):
+    monkeypatch.chdir(tmp_path)
+    line = _refusal(capsys, parse_train_args, [typo, "lmms-lab/VQAv2"])
+    assert (f"{typo} (did you mean --tasks SPEC.toml? a hub dataset is read from its downloaded files: a task spec's "
+            "[data] names them (format = \"hf_datasets\", path = their folder; README, Tasks))") in line, line
+    (tmp_path / "lmms-lab" / "VQAv2").mkdir(parents=True)   # a folder of that name here: the folder
+    assert closest_flag(typo, ["--tasks", "--data-root"], value="lmms-lab/VQAv2") == "--data-root"
+    assert closest_flag("--data-dir", ["--tasks", "--data-root"], value="org/name") == "--data-root"   # a folder's word
+
+
 def test_the_hint_text_holds_a_note_after_the_question_or_alone():
     assert hint_text("--lr") == "(did you mean --lr?)"
     assert hint_text("--device cuda:0; that is one GPU") == "(did you mean --device cuda:0? that is one GPU)"

@@ -34,6 +34,8 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
 - a flag of the data's ``X`` (``--data-seed``, ``--data-workers``, ``--dataset-split``) means the flag for ``X``
   (``--seed``, ``--workers``, ``--split`` / train's ``--eval-split``), not ``--data-root`` (spelt alike): the data
   word only says whose; a split no flag reads (``train[:10%]``) is told that a task spec's ``split`` chooses rows;
+- a hub dataset's id (``--dataset lmms-lab/VQAv2``, no such folder here) is told how a hub dataset is read: a task
+  spec's ``[data]`` (``format = "hf_datasets"``) names its downloaded files, and ``--tasks`` takes the spec;
 - a device given as a switch with a value: ``--cpu 1`` -> ``--device cpu``, ``--gpu 0,1`` -> ``--device cuda:0``
   and how several GPUs run (torchrun, a rank a GPU), ``--num-gpus 2`` -> how 2 GPUs run.
 
@@ -105,6 +107,11 @@ _SEVERAL_GPUS = ("{n} GPUs run as {n} processes, one a GPU: {visible}torchrun --
                  "cuda (or auto)")
 _ONE_GPU = "this command runs on one GPU"
 
+#: A hub id (``lmms-lab/VQAv2``): an owner and a name; read as one where no such path is here.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+_HUB_NOTE = ("a hub dataset is read from its downloaded files: a task spec's [data] names them (format = "
+             "\"hf_datasets\", path = their folder; README, Tasks)")
+
 #: What no flag does, for a split's typo (``--data-split train[:10%]``).
 _SPLIT_NOTE = ("no flag chooses a task's rows: a task spec's split option does ([data.train] or [data.test] split = "
                "\"train[:10%]\"), the spec given to --tasks")
@@ -161,6 +168,9 @@ def _data_flag(words: Sequence[str], value: str | None, flags: Sequence[str]) ->
         wanted: tuple[str, ...] = ("--tasks", "--task")
     elif path.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_DATA_FILES):
         return None
+    elif not folder and _HUB_ID.fullmatch(path) and not os.path.exists(path):
+        taker = next((f for f in ("--tasks", "--task") if f in flags), None)
+        return f"{taker} SPEC.toml; {_HUB_NOTE}" if taker else f"; {_HUB_NOTE}"
     elif path and not folder and "/" not in path and "." not in path and (
             "name" in said or not os.path.isdir(path) or set(path.split(",")) <= builtin_task_names()):
         wanted = ("--tasks", "--task")   # a name (Hugging Face's --dataset-name), a built-in task's, not a folder here
