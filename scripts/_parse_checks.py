@@ -15,6 +15,7 @@ for a command line it refuses).
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,14 +40,15 @@ def with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
     switch for a token given a value, nor a flag that would refuse the value (its type, choices or check)."""
     # imported here, for a refused command line only: at the top it put mtl_lora_vl.cli (jsonargparse) before every
     # --help, 0.13 s alone (check_gpu.py --help: 0.16 -> 0.42 s on a busy machine, medians of 5)
-    from mtl_lora_vl.cli.flag_hints import hint_text, unknown_flag_hints
+    from mtl_lora_vl.cli.flag_hints import argparse_reads_as_flag, hint_text, unknown_flag_hints
 
     actions = [a for a in parser._actions if a.option_strings]
     flags = [s for a in actions for s in a.option_strings if s.startswith("--")]
     switches = [s for a in actions if a.nargs == 0 for s in a.option_strings]
     readers = {s: _reader(a) for a in actions if a.nargs != 0 for s in a.option_strings}
+    attach = functools.partial(argparse_reads_as_flag, parser)   # (--lrr -1e-3: --lr=-1e-3, as argparse takes it)
     return [f"{tok} {hint_text(close)}" if close else tok
-            for tok, close in unknown_flag_hints(tokens, flags, switches, readers)]
+            for tok, close in unknown_flag_hints(tokens, flags, switches, readers, attach)]
 
 
 def _reader(action: argparse.Action) -> Callable[[str], Any]:

@@ -18,6 +18,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from _parse_checks import Parser, at_least  # noqa: E402
 
+from mtl_lora_vl.benchmark.cli import main as bench_main  # noqa: E402
+
 
 def _refusal(parser, argv: list[str], capsys) -> str:
     with pytest.raises(SystemExit) as info:
@@ -89,3 +91,22 @@ def test_the_scripts_without_a_build_parser_refuse_abbreviations_too(capsys, mon
             module.main(argv) if name == "show_world" else module.main()
         assert info.value.code == 2
         assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_negative_value_argparse_reads_as_a_flag_is_named_attached(capsys):
+    """``pretrain_backbone.py --lrr -1e-3`` was told ``--lr``, and ``--lr -1e-3`` is refused by argparse ("expected one
+    argument": a token starting with ``-`` is a flag unless it reads as ``-1`` or ``-0.5``): the hint is
+    ``--lr=-1e-3``, which argparse takes."""
+    p = _script_parser("pretrain_backbone")
+    assert _refusal(p, ["--lrr", "-1e-3"], capsys).endswith("--lrr (did you mean --lr=-1e-3?) -1e-3")
+    assert _refusal(p, ["--lr", "-1e-3"], capsys).endswith("argument --lr: expected one argument")   # (why)
+    assert p.parse_args(["--lr=-1e-3"]).lr == -1e-3   # (parsed only: nothing runs)
+    assert _refusal(p, ["--lrr", "-0.5"], capsys).endswith("--lrr (did you mean --lr?) -0.5")   # argparse takes -0.5
+    assert _refusal(p, ["--lrr", "1e-3"], capsys).endswith("--lrr (did you mean --lr?) 1e-3")
+    q = Parser(prog="x")
+    q.add_argument("--lr", type=float)
+    q.add_argument("-1", dest="one", action="store_true")   # a flag that looks like a number: -0.5 is a flag too
+    assert _refusal(q, ["--lrr", "-0.5"], capsys).endswith("--lrr (did you mean --lr=-0.5?) -0.5")
+    with pytest.raises(SystemExit):   # (bench's parser, argparse's too; refused before anything runs)
+        bench_main(["--lr", "-1e-3"])
+    assert "--lr (did you mean --lr-grid=-1e-3?) -1e-3" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable, Collection
 from typing import Any, NoReturn
 
-from ..cli.flag_hints import hint_text, unknown_flag_hints
+from ..cli.flag_hints import argparse_reads_as_flag, hint_text, unknown_flag_hints
 from ..cli.parsing import add_logging_flags, check_file_key, command_line, fail, log_level, read_table
 from ..config import LAMBDA_TYPES
 from ..cores import local_cores
@@ -156,8 +156,9 @@ def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]
     switches = [s for a in parser._actions if a.nargs == 0 for s in a.option_strings]   # (store_true, --help)
     readers = {s: a.type if a.type is int else functools.partial(_choice, a.choices) if a.choices else _floats
                for a in parser._actions if a.type is int or a.choices or a.dest == "lr_grid" for s in a.option_strings}
+    attach = functools.partial(argparse_reads_as_flag, parser)   # (--lr -1e-3: --lr-grid=-1e-3, as argparse takes it)
     return [f"{tok} {hint_text(close)}" if close else tok   # (torchrun: bench runs its runs on one device)
-            for tok, close in unknown_flag_hints(tokens, flags, switches, readers, torchrun=False)]
+            for tok, close in unknown_flag_hints(tokens, flags, switches, readers, attach, torchrun=False)]
 
 
 def _choice(choices: Collection[str], value: str) -> str:

@@ -40,11 +40,13 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   and how several GPUs run (torchrun, a rank a GPU), ``--num-gpus 2`` -> how 2 GPUs run.
 
 A hint may carry a note after the flag (``FLAG; NOTE``), or be a note alone (``; NOTE``, where no flag does it):
-:func:`hint_text` writes either.
+:func:`hint_text` writes either. A parser that reads ``-1e-3`` after a flag as a flag of its own (argparse) is told
+the flag with the value attached (``--lr=-1e-3``): ``unknown_flag_hints``' ``attach``.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib.resources
 import itertools
@@ -56,7 +58,7 @@ from typing import Any
 
 from ..log import LEVELS
 
-__all__ = ["builtin_task_names", "closest_flag", "hint_text", "unknown_flag_hints"]
+__all__ = ["argparse_reads_as_flag", "builtin_task_names", "closest_flag", "hint_text", "unknown_flag_hints"]
 
 #: Another tool's word (Hugging Face Trainer, PEFT, timm, Lightning) -> this package's words for it ("": left out).
 _SAME: dict[str, tuple[str, ...]] = {
@@ -292,6 +294,18 @@ def hint_text(close: str) -> str:
     return f"(did you mean {meant}?{' ' + note if note else ''})"
 
 
+def argparse_reads_as_flag(parser: argparse.ArgumentParser, value: str) -> bool:
+    """Whether ``parser`` (argparse's) reads ``value``, after a flag that takes one, as a flag of its own, so that the
+    flag is refused as "expected one argument": a token starting with ``-``, unless the parser takes it for a negative
+    number (Python 3.11's: ``-1``, ``-0.5``, not ``-1e-3``; none where a flag of its own looks like one) or it holds a
+    space, as argparse decides."""
+    if not value.startswith("-") or value == "-" or " " in value:
+        return False
+    matcher = getattr(parser, "_negative_number_matcher", None)
+    number = bool(matcher.match(value)) if matcher is not None else False
+    return not number or bool(getattr(parser, "_has_negative_number_optionals", []))
+
+
 def _shares_a_word(words: Sequence[str], flag_words: Sequence[str]) -> bool:
     """Whether a flag's words (``flag_words``) hold one of a typo's ``words`` that is not a filler: the word itself,
     :data:`_SAME`'s for it, or one of 3 letters or more that the other begins (``--temp`` and ``--temperature``,
@@ -308,13 +322,20 @@ def _shares_a_word(words: Sequence[str], flag_words: Sequence[str]) -> bool:
 
 def unknown_flag_hints(tokens: Sequence[str], flags: Sequence[str], switches: Collection[str] = (),
                        readers: Mapping[str, Callable[[str], Any]] | None = None,
+                       attach: Callable[[str], bool] | None = None,
                        torchrun: bool = True) -> list[tuple[str, str | None]]:
     """Each of the unknown command-line ``tokens`` (as the parser lists them, values included) with the flag it
     most likely means (:func:`closest_flag`; None for a value or where none is close); a token's value is the one
-    after it, unless that is a flag too. ``torchrun``: whether the command runs on several GPUs under torchrun."""
+    after it, unless that is a flag too. ``attach(value)``: whether the parser would read that value after a flag
+    as a flag of its own (argparse's ``-1e-3``), so a flag that takes a value is named with it attached
+    (``--lrr -1e-3`` -> ``--lr=-1e-3``). ``torchrun``: whether the command runs on several GPUs under torchrun."""
     out = []
     for i, tok in enumerate(tokens):
         after = tokens[i + 1] if i + 1 < len(tokens) else None
         value = after if after is not None and not after.startswith("--") else None
-        out.append((tok, closest_flag(tok, flags, switches, value, readers, torchrun)))
+        close = closest_flag(tok, flags, switches, value, readers, torchrun)
+        if (close is not None and close in flags and close not in switches and value is not None
+                and "=" not in tok and attach is not None and attach(value)):
+            close = f"{close}={value}"
+        out.append((tok, close))
     return out
