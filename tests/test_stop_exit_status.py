@@ -158,6 +158,64 @@ def test_a_sigterm_in_a_stops_clean_up_does_not_cut_it_short(monkeypatch, tmp_pa
     assert closed == ["loader", "undo", "loader", "lock", "process group"]
 
 
+def _failed_set_up(monkeypatch, tmp_path, where: str, signum: int = signal.SIGTERM) -> list[str]:
+    """``start`` as it is, on a resumed run whose set-up (``prepare_rank``) fails with a bad option's error, ``signum``
+    sent in its clean-up: as the run's lock closes (``where="lock"``) or in ``all_ready`` (``"all_ready"``: under
+    torchrun a collective, where torchrun's SIGTERM to every rank once one failed finds the others waiting)."""
+    closed: list[str] = []
+    info = SimpleNamespace(rank=0, enabled=False, is_main=True, world_size=1, device=None)
+    monkeypatch.setattr(train_module, "choose_run_dir", lambda opts: tmp_path)
+    monkeypatch.setattr(train_module, "resumed_options", lambda run_dir, opts, given: opts)
+    monkeypatch.setattr(train_module, "init_distributed", lambda device: info)
+    monkeypatch.setattr(train_module, "check_workers", lambda workers, i: None)
+    lock = _Lock(closed, signum) if where == "lock" else SimpleNamespace(close=lambda: closed.append("lock"))
+    monkeypatch.setattr(train_module, "hold_run_dir", lambda run_dir, i: lock)
+
+    def fails(*args):
+        raise ValueError("--resume: the run's checkpoint is unreadable; start a new run")
+
+    monkeypatch.setattr(train_module, "prepare_rank", fails)
+    real_all_ready = train_module.all_ready
+
+    def all_ready(i, error=None):
+        if where == "all_ready" and error is not None:
+            assert signal.getsignal(signum) is not signal.SIG_DFL   # (it would end pytest)
+            signal.raise_signal(signum)
+        closed.append("all_ready")
+        real_all_ready(i, error)
+
+    monkeypatch.setattr(train_module, "all_ready", all_ready)
+    return closed
+
+
+@pytest.mark.parametrize("where", ["lock", "all_ready"])
+def test_a_sigterm_after_a_failed_set_up_leaves_the_error_and_its_message(monkeypatch, tmp_path, capfd, where):
+    """Helper 534: in ``start`` the clean-up after a failed set-up (the lock's close, ``all_ready``: under torchrun a
+    collective, as torchrun SIGTERMs every rank once one failed) ran under ``train``'s ``terminate_raises`` alone: a
+    SIGTERM there raised Terminated over the error, and the command exited 143 with "SIGTERM: stopped at once" and
+    not the error's message. As in every other clean-up after an error, the SIGTERM is now ignored: the clean-up runs
+    whole, and the error is what the command reports (its line, status 2)."""
+    opts = SimpleNamespace(resume=True, validate=lambda: None, device="cpu", workers=0)
+    closed = _failed_set_up(monkeypatch, tmp_path, where)
+    before = signal.getsignal(signal.SIGTERM)
+    assert run_command("warning", train_module.train, opts) == 2
+    assert capfd.readouterr().err.splitlines() == [
+        "[mtl-lora-vl] error: --resume: the run's checkpoint is unreadable; start a new run"]
+    assert closed == ["lock", "all_ready"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_ctrl_c_after_a_failed_set_up_leaves_the_error(monkeypatch, tmp_path, capfd):
+    """A Ctrl-C there cuts the clean-up short, and the error is still what the command reports (as in ``_train``'s)."""
+    opts = SimpleNamespace(resume=True, validate=lambda: None, device="cpu", workers=0)
+    closed = _failed_set_up(monkeypatch, tmp_path, "lock", signal.SIGINT)
+    assert run_command("warning", train_module.train, opts) == 2
+    assert capfd.readouterr().err.splitlines() == [
+        "[mtl-lora-vl] warning: Ctrl-C: the clean-up after the error below is cut short",
+        "[mtl-lora-vl] error: --resume: the run's checkpoint is unreadable; start a new run"]
+    assert closed == []   # (cut at the lock: all_ready skipped)
+
+
 def _signals_at_the_last_check(monkeypatch, tmp_path, before: list[int], during: int) -> int:
     """``train`` (the built-in backbone, 2 steps) with ``before`` sent as its last checkpoint is saved (the signals
     of its last step), and ``during`` as the last "was there a signal" check after the loop runs; its exit status."""

@@ -3,7 +3,8 @@ checkpoint, and the command exits as the signal would have made it (``--resume``
 
 What each signal does where (exit status; the first event names it, a later SIGTERM never changes it, a later Ctrl-C
 aborts). Set-up and final evaluation run under :func:`terminate_raises`; the loop (and its last check) under
-:func:`stop_at_step_boundary`; the clean-up after an exception under :func:`cleaning_up_after`:
+:func:`stop_at_step_boundary`; the clean-up after an exception (``start``'s after a failed set-up included: the lock,
+``all_ready``) under :func:`cleaning_up_after`:
 
 =====================  ==================  =====================  =====================  =======================
 case                   set-up              loop                   final evaluation       clean-up after it
@@ -20,7 +21,8 @@ error, Ctrl-C          (its clean-up)      noted: error           (its clean-up)
 ("noted": the loop's handler takes it as a first stop signal while the error leaves the loop; the error is reported.)
 Between those blocks (a handler being put back, an ``except`` clause's first bytecodes) :func:`first_stop` keeps a
 stop's status where a SIGTERM's Terminated cut into it; an error cut there by a SIGTERM still exits 143 (one line).
-Not covered: ``start``'s ``all_ready`` after a failed set-up (a collective) runs outside :func:`cleaning_up_after`.
+Not covered: the few bytecodes where ``run_command`` (and ``bench``) set their SIGTERM handler or put the default
+back (a SIGTERM there ends the process: 143, without a line).
 """
 
 from __future__ import annotations

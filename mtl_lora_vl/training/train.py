@@ -159,10 +159,12 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
         with main_rank_logging(info.is_main):   # the same data on every rank: its warnings once
             opts, saved, setup, amp_dtype = prepare_rank(opts, run_dir, info, given)
-    except Exception as e:
-        if lock is not None:
-            lock.close()
-        all_ready(info, e)
+    except Exception as e:   # a SIGTERM in its clean-up (torchrun's once a rank failed) is ignored: the error stands
+        with cleaning_up_after(e):   # (a Ctrl-C cuts it short: the error still raised below)
+            if lock is not None:
+                lock.close()
+            all_ready(info, e)   # (raises e: every rank told)
+        raise
     all_ready(info)
     total_steps = opts.steps
     run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
