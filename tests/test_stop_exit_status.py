@@ -255,6 +255,36 @@ def test_a_first_sigterm_during_the_last_check_is_not_lost(monkeypatch, tmp_path
     assert not (tmp_path / "run" / "eval.json").exists()
 
 
+def test_a_signal_while_an_error_leaves_the_loop_does_not_say_stopping(monkeypatch, tmp_path, capfd):
+    """Helper 534: a SIGTERM while an error left the loop (here as its progress bar closes) printed "SIGTERM: stopping
+    after this step (...)" above the error, though no step and no checkpoint were coming. Now only the error is said
+    (its line, status 2)."""
+    def fails(*args, **kwargs):
+        raise ValueError("a batch the model cannot take; fix the spec")
+
+    real_bar = train_module.progress_bar
+
+    def bar(*args):
+        made = real_bar(*args)
+        close = made.close
+
+        def closing():   # (once: tqdm closes itself again when collected, where SIGTERM would end pytest)
+            made.close = close
+            signal.raise_signal(signal.SIGTERM)   # (the loop's handler: noted)
+            close()
+        made.close = closing
+        return made
+
+    monkeypatch.setattr(train_module, "forward_backward", fails)
+    monkeypatch.setattr(train_module, "progress_bar", bar)
+    args = ["--tasks", small_specs(tmp_path), "--steps", "2", "--batch-size", "8", "--workers", "0", "--warmup", "0",
+            "--skip-zero-shot", "--out", str(tmp_path / "run"), "-q"]
+    assert train_main(args) == 2
+    err = capfd.readouterr().err
+    assert "a batch the model cannot take; fix the spec" in err
+    assert "stopping after this step" not in err, err
+
+
 def test_a_sigterm_outside_the_loop_says_what_stopped_the_run(monkeypatch, capfd):
     """Helper 528: a SIGTERM in the set-up or the final evaluation (``terminate_raises``' Terminated) exited 143 and
     printed nothing at all: a scheduler's log did not say what ended the run. Now one line says it, as the loop's stop

@@ -7,7 +7,8 @@ import signal
 
 import pytest
 
-from mtl_lora_vl.training.stopping import StopRequest
+from mtl_lora_vl import signal_handlers
+from mtl_lora_vl.training.stopping import StopRequest, stop_at_step_boundary
 
 
 def test_a_repeated_sigterm_says_stopping_once(caplog):
@@ -54,3 +55,22 @@ def test_the_stop_line_says_what_stops_at_once_in_the_words_of_the_signal(caplog
     stop(signal.SIGTERM, None)   # (no KeyboardInterrupt: a SIGTERM does not stop it at once)
     with pytest.raises(KeyboardInterrupt):
         stop(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_an_error_leaves_the_loop_is_noted_without_the_stop_line(caplog, monkeypatch, signum):
+    """Helper 534: a signal that came while an error left the loop (its handlers being put back) printed "stopping
+    after this step", though no step was coming and the error was what the command reported. It is noted (the first
+    signal) without a line; the error goes on."""
+    real_put_back = signal_handlers._put_back
+
+    def put_back(old):   # the signal as the loop's handlers are put back, the error on its way out
+        signal.raise_signal(signum)
+        real_put_back(old)
+
+    monkeypatch.setattr(signal_handlers, "_put_back", put_back)
+    with caplog.at_level(logging.WARNING, logger="mtl_lora_vl"), pytest.raises(OSError, match="disk full"):
+        with stop_at_step_boundary() as stop:
+            raise OSError("disk full")
+    assert stop.signum == signum
+    assert caplog.records == []

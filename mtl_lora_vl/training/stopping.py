@@ -18,7 +18,8 @@ error, SIGTERM         (its clean-up)      noted: error           (its clean-up)
 error, Ctrl-C          (its clean-up)      noted: error           (its clean-up)         cut short: error (2/1)
 =====================  ==================  =====================  =====================  =======================
 
-("noted": the loop's handler takes it as a first stop signal while the error leaves the loop; the error is reported.)
+("noted": the loop's handler takes it, without a line, as a first stop signal while the error leaves the loop; the
+error is reported.)
 Between those blocks (a handler being put back, an ``except`` clause's first bytecodes) :func:`first_stop` keeps a
 stop's status where a SIGTERM's Terminated cut into it; an error cut there by a SIGTERM still exits 143 (one line).
 Not covered: the few bytecodes where ``run_command`` (and ``bench``) set their SIGTERM handler or put the default
@@ -83,6 +84,9 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum = 0  # 0: no signal yet
+        #: An exception (an error) is leaving the loop: a first signal now is noted without a word -- no step is
+        #: coming, and the error is what the command reports (its clean-up ignores a SIGTERM, a Ctrl-C cuts it short)
+        self.leaving = False
 
     def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
         if self.signum and signum == signal.SIGINT:
@@ -90,6 +94,8 @@ class StopRequest:
         if self.signum:   # a SIGTERM after the first signal: the stop it asked for stands, and so does its name
             return        # (a rank whose torchrun agent died got two SIGTERMs; a scheduler's after a Ctrl-C)
         self.signum = signum
+        if self.leaving:   # (it said "stopping after this step", then the error came instead of a stop)
+            return
         # each rank says the signal it got (one rank alone may get it): "rank 1: SIGTERM: ..." under torchrun
         # what stops it at once, in the words of the signal that came: "Ctrl-C again" read wrong after a
         # SIGTERM (a scheduler's or kill's; a second SIGTERM only stops at the step too)
@@ -103,7 +109,11 @@ def stop_at_step_boundary() -> Iterator[StopRequest]:
     Python delivers signals there, and only there can handlers be set; one the process ignores stays ignored)."""
     request = StopRequest()
     with handlers_set(dict.fromkeys((signal.SIGINT, signal.SIGTERM), request)):
-        yield request
+        try:
+            yield request
+        except BaseException:   # an error leaving the block: a signal while the handlers are put back is only noted
+            request.leaving = True
+            raise
 
 
 class Terminated(KeyboardInterrupt):

@@ -379,6 +379,9 @@ def loop(run: Run, net: nn.Module, loader: MultiTaskLoader, optim: Optimization,
                 logger.warning("interrupted during step %d, not saved; --resume %s continues from the last "
                                "periodic checkpoint, if there is one", step + 1, run.dir)
             raise   # the command exits 130, so `train && evaluate` stops
+        except BaseException:   # an error: a signal from here on is noted, not told "stopping after this step"
+            stop.leaving = True
+            raise
         finally:
             progress.close()
         if info.is_main:
