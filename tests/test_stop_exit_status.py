@@ -361,3 +361,47 @@ def test_eval_and_export_stopped_by_a_signal_leave_no_temporary(tmp_path, comman
     assert out.returncode == status, out.stdout + out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], out.stderr
     assert ("SIGTERM: stopped at once" in out.stderr) == (signame == "SIGTERM"), out.stderr
+
+
+# a command's outcome reported with a SIGTERM arriving meanwhile (sent as the error's message or the stop's status is
+# read), in a child process with the signals as from a terminal (SIGTERM's default would end pytest); no torch
+_REPORT_CHILD = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+from pathlib import Path
+from mtl_lora_vl.cli.commands import run_command
+from mtl_lora_vl.training.stopping import RunStopped
+
+class Failed(ValueError):
+    def __str__(self):
+        signal.raise_signal(signal.SIGTERM)
+        return "--lr -1: give a positive learning rate"
+
+class Stopped(RunStopped):
+    @property
+    def exit_code(self):
+        signal.raise_signal(signal.SIGTERM)
+        return 130
+
+def work():
+    raise Failed() if sys.argv[1] == "error" else Stopped(Path("run"), 3, signal.SIGINT)
+
+status = run_command("warning", work)
+print(status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL, "torch" in sys.modules)
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize("outcome, status", [("error", 2), ("stop", 130)])
+def test_a_sigterm_as_the_outcome_is_reported_leaves_it(tmp_path, outcome, status):
+    """Helper 534: ``run_command`` put the default SIGTERM handler back as ``fn`` left (``terminate_raises``' exit),
+    before the outcome was reported: a SIGTERM there (torchrun's or a scheduler's, as a run failed or stopped) killed
+    the process, -15, without the error's line, over a Ctrl-C's 130. The outcome now stands: the SIGTERM is ignored
+    until the command returns, and the default handler is back then."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _REPORT_CHILD, outcome], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == status, out.stdout + out.stderr
+    assert out.stdout.split() == [str(status), "True", "False"], out.stdout + out.stderr
+    assert ("--lr -1: give a positive learning rate" in out.stderr) == (outcome == "error"), out.stderr

@@ -22,8 +22,11 @@ error, Ctrl-C          (its clean-up)      noted: error           (its clean-up)
 error is reported.)
 Between those blocks (a handler being put back, an ``except`` clause's first bytecodes) :func:`first_stop` keeps a
 stop's status where a SIGTERM's Terminated cut into it; an error cut there by a SIGTERM still exits 143 (one line).
-Not covered: the few bytecodes where ``run_command`` (and ``bench``) set their SIGTERM handler or put the default
-back (a SIGTERM there ends the process: 143, without a line).
+``run_command`` reports the outcome (an error's line, a stop's status) with SIGTERM ignored
+(:class:`TerminateUntilDone`).
+Not covered: ``bench``'s report after its ``terminate_raises`` puts the default handler back (a SIGTERM there ends the
+process: 143, without its line); before ``run_command`` sets its handler and after it returns, SIGTERM's default
+(nothing begun, or the process exiting).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from pathlib import Path
 from ..log import rank_prefix
 from ..signal_handlers import handlers_set
 
-__all__ = ["RunStopped", "StopRequest", "Terminated", "cleaning_up_after", "first_stop", "stop_at_step_boundary",
-           "stop_signals_ignored", "terminate_ignored", "terminate_raises"]
+__all__ = ["RunStopped", "StopRequest", "TerminateUntilDone", "Terminated", "cleaning_up_after", "first_stop",
+           "stop_at_step_boundary", "stop_signals_ignored", "terminate_ignored", "terminate_raises"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,20 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:  # noqa: ARG001
     raise Terminated
+
+
+class TerminateUntilDone:
+    """A command's SIGTERM handler (``run_command``'s): :class:`Terminated` while its work runs, ignored once ``done``
+    is set -- as the work ends, however it ends -- so that its outcome (an error's line and status, a stop's status,
+    0) is reported whole; the default handler, put back as the command returns, had killed the process there (143,
+    without the error's line, over a Ctrl-C's 130)."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        if not self.done:
+            raise Terminated
 
 
 @contextlib.contextmanager
