@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .adapters.attach import attach, attach_info, check_config, merge, unmerge
-from .adapters.compiled import compiled_call_running, skip_top_frame, watch_in_place
+from .adapters.compiled import compiled_call_running, skip_top_frame, traced_routing_error, watch_in_place
 from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank
 from .adapters.routing import RoutingError, check_module, find_router
@@ -382,12 +382,27 @@ class MTLLoRAModel(nn.Module):
         """The base model's forward; ``tasks`` (or PEFT's ``adapter_names``) routes it like ``route``. Compiled, this
         frame runs eagerly and the base model's is compiled (:func:`skip_top_frame`): the route is set up outside the
         graph, a graph per set of tasks, not per list, and a tensor of ids breaks none. Inside another module's
-        compiled forward it is traced, a graph per list (Dynamo guards on its values)."""
-        if tasks is None and adapter_names is None:
-            return self.base_model(*args, **kwargs)
+        compiled forward it is traced, a graph per list (Dynamo guards on its values). A compiled call given no task and
+        no route scope raises the RoutingError, with ``fullgraph=True`` too (Dynamo's 'Observed exception' replaced)."""
         eager = torch.compiler.is_compiling() or not compiled_call_running()   # (else a compiled call's top frame)
+        if tasks is None and adapter_names is None:
+            if eager:
+                return self.base_model(*args, **kwargs)
+            try:   # (in this frame: a function it calls would be converted as a frame of its own, fullgraph too)
+                return self.base_model(*args, **kwargs)
+            except torch._dynamo.exc.Unsupported as e:
+                error = self._unrouted(e)
+                if error is None:
+                    raise
+                raise error from None
         with self._routed(tasks, adapter_names) if eager else self._routed_eagerly(tasks, adapter_names):
             return self.base_model(*args, **kwargs)
+
+    @torch.compiler.disable   # (as _routed_eagerly)
+    def _unrouted(self, error: BaseException) -> RoutingError | None:
+        """Ours in place of Dynamo's ``error`` from a compiled call given no tasks (:func:`traced_routing_error`): with
+        ``fullgraph=True`` the adapted layers' RoutingError, traced, became Dynamo's 'Observed exception'."""
+        return traced_routing_error(error, find_router(self._modules["base_model"]), "MTLLoRAModel (compiled)")
 
     def generate(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
                  **kwargs: Any) -> Any:

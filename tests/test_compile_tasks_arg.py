@@ -178,3 +178,45 @@ def test_a_compiled_call_given_its_tasks_leaves_later_eager_routes_as_they_were(
             pass
     assert packed._host is None
     assert (mixed._host is None) == (method == "task_lora")   # (mtl_lora's eager layers read a mixed route's)
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_a_fullgraph_compiled_call_given_no_task_raises_the_routing_error(in_place):
+    """``torch.compile(model, fullgraph=True)(x)`` (or ``model.compile(fullgraph=True)``) with no route raised Dynamo's
+    'Observed exception' (``Unsupported``), our message only in its debug context; without fullgraph the frame ran
+    eagerly and raised ours. The wrapper's forward, run eagerly at the top of the call, raises ours in its place; a
+    routed call after it compiles and runs as eager."""
+    model, x = _model("mtl_lora")
+    _no_graphs()
+    if in_place:
+        model.compile(backend="eager", fullgraph=True)
+    compiled = model if in_place else torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        with pytest.raises(mlv.RoutingError, match=r"no task was given.*tasks=\[\.\.\.\]"):
+            compiled(x)
+        with model.route("vqa"):
+            want = model.base_model(x)
+            got = compiled(x)
+    torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
+
+
+class _Printing(torch.nn.Module):
+    """A model that graph-breaks (``print``) before its adapted layers."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        print("a graph break")
+        return self.net(x)
+
+
+def test_a_fullgraph_compiled_call_that_breaks_for_another_reason_keeps_dynamos_error():
+    """Only an exception Dynamo observed as our RoutingError is replaced: a graph break of the model's own (a print
+    before any adapted layer), with no route given, stays Dynamo's error, which names it."""
+    model, x = _model("mtl_lora")
+    wrapped = MTLLoRAModel(_Printing(model.base_model))
+    _no_graphs()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="print"):
+        torch.compile(wrapped, backend="eager", fullgraph=True)(x)
