@@ -19,6 +19,7 @@ from test_train import small_specs
 
 from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.cli.commands import run_command
+from mtl_lora_vl.training import cleanup as cleanup_module
 from mtl_lora_vl.training import train as train_module
 from mtl_lora_vl.training.stopping import RunStopped
 
@@ -120,8 +121,8 @@ def _failing_run(monkeypatch, tmp_path, error: BaseException, signum: int = sign
         raise error
 
     monkeypatch.setattr(train_module, "build_optimization", fails)
-    monkeypatch.setattr(train_module, "undo_overwrite", lambda *a: closed.append("undo"))
-    monkeypatch.setattr(train_module, "cleanup", lambda i: closed.append("process group"))
+    monkeypatch.setattr(cleanup_module, "undo_overwrite", lambda *a: closed.append("undo"))
+    monkeypatch.setattr(cleanup_module, "cleanup", lambda i: closed.append("process group"))
     return closed
 
 

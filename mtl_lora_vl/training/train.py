@@ -3,7 +3,8 @@
 :func:`train` reads top to bottom: start (options, run directory, backbone, tasks, adapters) -> data
 -> optimizer and schedule -> resume -> the loop (steps, logging, evaluation, checkpoints) -> finish
 (adapter files, zero-shot vs adapted evaluation, report). The step itself is in :mod:`.step`, the run's opening
-line in :mod:`.describe`, the model's DDP / compile wrapping in :mod:`.wrap`.
+line in :mod:`.describe`, the model's DDP / compile wrapping in :mod:`.wrap`, the clean-up after an error or a stop
+(and the close of every run) in :mod:`.cleanup`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from ..distributed import (
     all_ready,
     barrier,
     check_workers,
-    cleanup,
     init_distributed,
     max_over_ranks,
     sharded_evaluation,
@@ -42,7 +42,7 @@ from ..log import main_rank_logging
 from ..multitask import Setup, build_setup, extend_setup, extended_options
 from ..options import TrainOptions
 from ..precision import base_weights_dtype, check_base_precision, resolve_precision
-from ..run_overwrite import finish_overwrite, remove_overwrite_leftovers, undo_overwrite
+from ..run_overwrite import finish_overwrite, remove_overwrite_leftovers
 from ..rundir import (
     RunDirError,
     check_options_unchanged,
@@ -70,6 +70,7 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
+from .cleanup import clean_up_run, close_run, undo_start
 from .describe import describe
 from .loading import build_loader, check_batch_fits, default_workers, early_train_splits
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
@@ -77,7 +78,7 @@ from .optim import Optimization, build_optimization
 from .rng import preserved_rng, seed_everything, seed_rank
 from .run import Run
 from .step import ScalerSkips, forward_backward, optimizer_step, skip_bad_step
-from .stopping import RunStopped, cleaning_up_after, stop_at_step_boundary, stop_signals_ignored, terminate_raises
+from .stopping import RunStopped, cleaning_up_after, stop_at_step_boundary, terminate_raises
 from .validation import Best, check_selection_splits, finish_with_best, stopped_early, validate
 from .wrap import wrap_model
 
@@ -115,26 +116,10 @@ def _train(opts: TrainOptions, given: Collection[str] | None) -> Path:
             finish_overwrite(run.dir)   # (a run of no steps: done here)
     except BaseException as e:   # an error or a stop: a SIGTERM in its clean-up (torchrun's when a peer failed, a
         with cleaning_up_after(e):   # scheduler's after a Ctrl-C) neither cuts it short nor replaces what ended it
-            try:
-                with stop_signals_ignored():   # (nor a Ctrl-C the put-back)
-                    if loader is not None:
-                        loader.close()   # (its forked workers hold a copy of the run's lock, which undo lets go)
-                    if run.info.is_main:   # failed before its first checkpoint: the old run is back
-                        undo_overwrite(run.dir, run.opts, run.lock)
-            finally:
-                close_run(run, loader)
+            clean_up_run(run, loader)
         raise
     close_run(run, loader)
     return run.dir
-
-
-def close_run(run: Run, loader: MultiTaskLoader | None) -> None:
-    """The loader's workers, the run's lock and the process group, let go (as the run ends, however it ends)."""
-    if loader is not None:
-        loader.close()   # its workers ignore SIGTERM: left to exit, a failed run never ended
-    if run.lock is not None:
-        run.lock.close()
-    cleanup(run.info)
 
 
 # Start ------------------------------------------------------------------------------------------
@@ -192,11 +177,7 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
             logger.info("%s", describe(run))
     except BaseException as e:   # (also a SIGTERM or Ctrl-C before the lock: the replaced run is put back)
         with cleaning_up_after(e):   # (a SIGTERM or Ctrl-C now: as in _train's clean-up)
-            if info.is_main and not held_elsewhere:
-                with stop_signals_ignored():
-                    undo_overwrite(run_dir, opts, lock)
-            if lock is not None:
-                lock.close()
+            undo_start(info, run_dir, opts, lock, held_elsewhere)
         raise
     return run
 
