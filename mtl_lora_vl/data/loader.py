@@ -6,7 +6,7 @@ size, and a batch puts them on one canvas, :func:`pad_images`), ask the task
 kind for the row's text and fields, and collate: the text of a batch is tokenised there, in one
 tokenizer call. On the main process :func:`to_device` copies the batch non-blocking (from pinned
 memory when CUDA is available) and converts the images to normalised floats **on the device** in the
-autocast dtype (``backbone.preprocess_uint8``).
+autocast dtype (``backbone.preprocess_uint8``; :mod:`mtl_lora_vl.data.device_batch`, exported here).
 
 Batch layout (what :class:`MultiTaskLoader` yields; B rows, grouped by task in adapter-id order)::
 
@@ -92,7 +92,6 @@ they are the same with any number of workers and after a resume, and differ from
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import random
 from collections import Counter
@@ -105,6 +104,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mtl_lora_vl.adapters.routing import id_runs
 from mtl_lora_vl.data.anyres import pad_images
+from mtl_lora_vl.data.device_batch import sizes_kwarg, task_views, to_device, to_floats  # noqa: F401  (exported here)
 from mtl_lora_vl.data.fallback import ImageFallback, current_policy
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.data.resize import ImageResize
@@ -290,52 +290,6 @@ class MultiTaskCollate:
         batch["text_segments"] = tuple(id_runs([ids[i] for i in text_rows]))
         batch["tasks"] = tasks
         return batch
-
-
-def sizes_kwarg(images: Tensor, sizes: Sequence[tuple[int, int]] | None, keep: bool = False) -> dict[str, Any]:
-    """``{"image_sizes": sizes}`` when some image does not fill the batch (a canvas of images of their own sizes),
-    or always with ``keep`` (``backbone.needs_image_sizes``); else ``{}``: a backbone whose images all fill their
-    squares is called as before (its methods need not take ``image_sizes``)."""
-    if sizes is None or (not keep and all(tuple(s) == tuple(images.shape[-2:]) for s in sizes)):
-        return {}
-    return {"image_sizes": [tuple(s) for s in sizes]}
-
-
-def _move(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _move(v, device) for k, v in obj.items()}
-    return obj
-
-
-def to_device(batch: dict[str, Any], device: torch.device | str, dtype: torch.dtype, backbone: Any) -> dict[str, Any]:
-    """Copy a batch to ``device`` (non-blocking) and turn its uint8 images into normalised ``dtype`` floats there."""
-    device = torch.device(device)
-    out = _move(batch, device)
-    out["images"] = to_floats(backbone, out["images"], dtype, out.get("image_sizes"))
-    return out
-
-
-def to_floats(backbone: Any, images: Tensor, dtype: torch.dtype, sizes: Sequence[tuple[int, int]] | None) -> Tensor:
-    """``backbone.preprocess_uint8``, given the images' sizes where the backbone reads them at their own (a ``native``
-    resize) and takes them (an HF VLM's: only each image's region of the canvas is converted)."""
-    if sizes is not None and getattr(getattr(backbone, "resize", None), "native", False) and \
-            "image_sizes" in inspect.signature(backbone.preprocess_uint8).parameters:
-        return backbone.preprocess_uint8(images, dtype, image_sizes=sizes)
-    return backbone.preprocess_uint8(images, dtype)
-
-
-def task_views(batch: dict[str, Any]) -> Iterator[tuple[str, dict[str, Tensor]]]:
-    """``(task_name, rows)`` per task of a batch: its images, tokens (when the batch has them) and indices,
-    plus its fields and row indices."""
-    for name, view in batch["tasks"].items():
-        rows = view["rows"]
-        sub = {"images": batch["images"][view.get("image_index", rows)], "indices": batch["indices"][rows]}
-        if "tokens" in batch:
-            sub["tokens"] = batch["tokens"][rows]
-        sub.update(view)
-        yield name, sub
 
 
 class MultiTaskLoader:
