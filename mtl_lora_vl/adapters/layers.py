@@ -50,6 +50,7 @@ from .rows import (
     update_mtl_rows,
     update_rows,
 )
+from .task_growth import TaskGrowth
 
 ADAPTER_PARAM_NAMES = ("lora_A", "lora_B", "lora_lambda", "lora_w")
 
@@ -60,13 +61,16 @@ def _kaiming(rows: int, cols: int, device: torch.device | None, dtype: torch.dty
     return w
 
 
-class AdapterBank(nn.Module):
+class AdapterBank(TaskGrowth, nn.Module):
     """The adapter tensors of one projection ``d_in -> d_out`` and how they act on activations.
 
     ``out_slices`` (for packed q/k/v projections) marks which of the equal slices of the base
     output adapt; the adapter's own output covers only those, and zero rows fill the others. ``dtype``: the adapter
     tensors' (None: fp32; a layer passes :func:`~mtl_lora_vl.precision.adapter_dtype` of its base weight's).
+    Growing the task dimension (``grow_tasks``, the old rows kept exact) is :class:`.task_growth.TaskGrowth`'s.
     """
+
+    ADAPTER_PARAM_NAMES = ADAPTER_PARAM_NAMES   # (the tensors grow_tasks freezes but the task rows)
 
     def __init__(
         self,
@@ -143,80 +147,22 @@ class AdapterBank(nn.Module):
             return ("lora_A", "lora_B")
         return tuple(n for n in ("lora_lambda", "lora_w") if hasattr(self, n))
 
-    @property
-    def frozen_task_rows(self) -> int:
-        """How many leading task rows ``grow_tasks`` froze (0 when the bank never grew)."""
-        return self._n_frozen
-
-    @torch.no_grad()
-    def grow_tasks(self, n_new: int = 1) -> int:
-        """Append ``n_new`` tasks, initialised as at construction (Λ = I, w ~ U(±1/√n), task_lora: new A, B = 0).
-
-        Afterwards only the grown rows train: every other adapter tensor is frozen, and a gradient hook
-        zeroes the frozen rows' gradients (so Adam-type moments stay zero and, with weight_decay=0, the
-        update is exactly zero). The frozen rows -- the tasks the bank had before its first growth -- are
-        kept in a snapshot (non-persistent ``_frozen_<name>`` buffers); :meth:`restore_frozen_rows` puts
-        them back, which merge/export do first and which ``mtl_lora_vl.adapters.grow.freeze_old_rows``
-        does after every step of the optimizer it is given, so weight decay cannot move them either.
-        Growing again keeps the first snapshot: every task added since trains. The grown tensors are new
-        ``nn.Parameter`` objects: build the optimizer after growing. Returns the number of new elements.
-        """
-        if n_new < 1:
-            raise ValueError(f"grow_tasks: n_new must be >= 1, got {n_new}")
-        self.restore_frozen_rows()
-        dev = self.lora_A.device
+    def _new_task_rows(self, name: str, n_new: int, old: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        """``n_new`` new task rows of the task tensor ``name`` (``old``: its rows now) on ``dev``, initialised as at
+        construction (Λ = I, w ~ U(±1/√n), task_lora: new A, B = 0); ``grow_tasks`` appends them."""
         r = self.r
-        trainable = 0
-        names = self.task_tensor_names()
-        for name in ADAPTER_PARAM_NAMES:
-            if hasattr(self, name) and name not in names:
-                getattr(self, name).requires_grad_(False)
-        first = not self._n_frozen
-        for name in names:
-            old = getattr(self, name).detach()
-            dd = {"device": dev, "dtype": adapter_dtype(old.dtype)}   # drawn as attach draws them: float64 ones too
-            if name == "lora_lambda":
-                row = torch.eye(r, **dd) if self.lambda_type == "full" else torch.ones(r, **dd)
-                rows = row.expand(n_new, *row.shape)
-            elif name == "lora_w":
-                bound = 1.0 / math.sqrt(old.shape[1])
-                rows = torch.empty(n_new, old.shape[1], **dd).uniform_(-bound, bound)
-            elif name == "lora_A":
-                rows = torch.stack([_kaiming(r, self.d_in, **dd) for _ in range(n_new)])
-            else:  # task_lora's lora_B
-                rows = torch.zeros(n_new, *old.shape[1:], **dd)
-            if first:
-                self.register_buffer("_frozen_" + name, old.clone(), persistent=False)
-            param = nn.Parameter(torch.cat([old, rows.to(old.dtype)]))
-            param.register_hook(_zero_rows_hook(getattr(self, "_frozen_" + name).shape[0]))
-            setattr(self, name, param)
-            trainable += rows.numel()
-        if first and names:
-            self._n_frozen = getattr(self, "_frozen_" + names[0]).shape[0]
-        self._frozen_names = names
-        return trainable
-
-    def frozen_values(self) -> int:
-        """Values of this bank's ``requires_grad`` tensors that ``grow_tasks`` froze (rows kept exact by a
-        gradient hook, not by ``requires_grad``): what a count of trainable parameters must leave out."""
-        return sum(getattr(self, "_frozen_" + n).numel() for n in self._frozen_names if getattr(self, n).requires_grad)
-
-    def __setstate__(self, state: dict) -> None:
-        """deepcopy and pickle drop tensor hooks: re-register the ones that keep grown tensors' old rows frozen."""
-        super().__setstate__(state)
-        for name in self._frozen_names:   # (a hook needs requires_grad; it stays when that is switched off again)
-            p = getattr(self, name)
-            wanted = p.requires_grad
-            p.requires_grad_(True)
-            p.register_hook(_zero_rows_hook(self._n_frozen))
-            p.requires_grad_(wanted)
-
-    @torch.no_grad()
-    def restore_frozen_rows(self) -> None:
-        """Put back the snapshot of the rows that ``grow_tasks`` froze (a no-op otherwise)."""
-        for name in self._frozen_names:
-            snap = getattr(self, "_frozen_" + name)
-            getattr(self, name)[: snap.shape[0]].copy_(snap)
+        dd = {"device": dev, "dtype": adapter_dtype(old.dtype)}   # drawn as attach draws them: float64 ones too
+        if name == "lora_lambda":
+            row = torch.eye(r, **dd) if self.lambda_type == "full" else torch.ones(r, **dd)
+            rows = row.expand(n_new, *row.shape)
+        elif name == "lora_w":
+            bound = 1.0 / math.sqrt(old.shape[1])
+            rows = torch.empty(n_new, old.shape[1], **dd).uniform_(-bound, bound)
+        elif name == "lora_A":
+            rows = torch.stack([_kaiming(r, self.d_in, **dd) for _ in range(n_new)])
+        else:  # task_lora's lora_B
+            rows = torch.zeros(n_new, *old.shape[1:], **dd)
+        return rows
 
     # The small per-task matrices ------------------------------------------------------------
     def mixing_weights(self, tasks: torch.Tensor | slice | None = None) -> torch.Tensor:
@@ -424,17 +370,6 @@ def _packed(M: torch.Tensor, full_rows: Callable[[torch.Tensor], torch.Tensor], 
 def _packed_again(again: Callable[[bool], torch.Tensor], full_rows: Callable[[torch.Tensor], torch.Tensor],
                   rows: slice | None, graph: bool) -> torch.Tensor:
     return _packed(again(graph), full_rows, rows)
-
-
-def _zero_rows_hook(n_old: int):
-    """A gradient hook that zeroes the first ``n_old`` rows (the frozen tasks) of a task tensor."""
-
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[:n_old] = 0
-        return grad
-
-    return hook
 
 
 def _task_rows(t: torch.Tensor, index: slice | torch.Tensor) -> torch.Tensor:
