@@ -84,7 +84,8 @@ def test_a_hub_dataset_is_told_how_it_is_read(capsys, tmp_path, monkeypatch, typ
     monkeypatch.chdir(tmp_path)
     line = _refusal(capsys, parse_train_args, [typo, "lmms-lab/VQAv2"])
     assert (f"{typo} (did you mean --tasks SPEC.toml? a hub dataset is read from its downloaded files: a task spec's "
-            "[data] names them (format = \"hf_datasets\", path = their folder; README, Tasks))") in line, line
+            "[data] names them (format = \"hf_datasets\", path = their folder; README, Tasks); a folder: --data-root "
+            "(no folder lmms-lab/VQAv2 is here))") in line, line
     (tmp_path / "lmms-lab" / "VQAv2").mkdir(parents=True)   # a folder of that name here: the folder
     assert closest_flag(typo, ["--tasks", "--data-root"], value="lmms-lab/VQAv2") == "--data-root"
     assert closest_flag("--data-dir", ["--tasks", "--data-root"], value="org/name") == "--data-root"   # a folder's word
@@ -94,3 +95,18 @@ def test_the_hint_text_holds_a_note_after_the_question_or_alone():
     assert hint_text("--lr") == "(did you mean --lr?)"
     assert hint_text("--device cuda:0; that is one GPU") == "(did you mean --device cuda:0? that is one GPU)"
     assert hint_text("; no flag does it") == "(no flag does it)"
+
+
+@pytest.mark.parametrize(("parse", "value"), [(parse_train_args, "data/vqav2"), (parse_eval_args, "data/vqav2"),
+                                              (parse_train_args, "Images/coco"), (parse_train_args, "mine/vqav2")])
+def test_a_missing_folder_shaped_as_a_hub_id_is_told_data_root(capsys, tmp_path, monkeypatch, parse, value):
+    """``--dataset data/vqav2`` (a relative folder, not here) was told only how a hub dataset is read: a path whose
+    first part is a data or image word, or a folder here, is a folder's, told --data-root and that it is not here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    line = _refusal(capsys, parse, ["--dataset", value])
+    assert (f"--dataset (did you mean --data-root? no folder {value} is here (a relative path is read from the "
+            "current folder))") in line, line
+    (tmp_path / value).mkdir(parents=True)   # the flag takes it (parsed only: nothing runs; eval wants an adapter)
+    more = ["--tasks", "vqa"] if parse is parse_eval_args else []
+    assert parse(["--data-root", value, *more]).data_root.endswith(value)

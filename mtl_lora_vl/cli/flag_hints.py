@@ -35,7 +35,9 @@ A flag is read as words (``--eval-steps``: eval, steps), so that:
   (``--seed``, ``--workers``, ``--split`` / train's ``--eval-split``), not ``--data-root`` (spelt alike): the data
   word only says whose; a split no flag reads (``train[:10%]``) is told that a task spec's ``split`` chooses rows;
 - a hub dataset's id (``--dataset lmms-lab/VQAv2``, no such folder here) is told how a hub dataset is read: a task
-  spec's ``[data]`` (``format = "hf_datasets"``) names its downloaded files, and ``--tasks`` takes the spec;
+  spec's ``[data]`` (``format = "hf_datasets"``) names its downloaded files, and ``--tasks`` takes the spec, and that a
+  folder would be ``--data-root``'s; one shaped as a local path (``data/vqav2``: a data word first, or a folder here)
+  is told ``--data-root`` and that no such folder is here (:func:`_hub_or_folder`);
 - a device given as a switch with a value: ``--cpu 1`` -> ``--device cpu``, ``--gpu 0,1`` -> ``--device cuda:0``
   and how several GPUs run (torchrun, a rank a GPU), ``--num-gpus 2`` -> how 2 GPUs run.
 
@@ -171,14 +173,27 @@ def _data_flag(words: Sequence[str], value: str | None, flags: Sequence[str]) ->
     elif path.rstrip("/").rsplit("/", 1)[-1].lower().endswith(_DATA_FILES):
         return None
     elif not folder and _HUB_ID.fullmatch(path) and not os.path.exists(path):
-        taker = next((f for f in ("--tasks", "--task") if f in flags), None)
-        return f"{taker} SPEC.toml; {_HUB_NOTE}" if taker else f"; {_HUB_NOTE}"
+        return _hub_or_folder(path, flags)
     elif path and not folder and "/" not in path and "." not in path and (
             "name" in said or not os.path.isdir(path) or set(path.split(",")) <= builtin_task_names()):
         wanted = ("--tasks", "--task")   # a name (Hugging Face's --dataset-name), a built-in task's, not a folder here
     else:
         wanted = ("--data-root",)
     return next((f for f in wanted if f in flags), None)
+
+
+def _hub_or_folder(path: str, flags: Sequence[str]) -> str | None:
+    """The hint for a dataset value shaped as a hub id (OWNER/NAME) that is no path here: a local folder's path by its
+    shape (``data/vqav2``: its first part a data or image word, or a folder here) -> ``--data-root`` and that no such
+    folder is here; else (``lmms-lab/VQAv2``) how a hub dataset is read (a spec for ``--tasks``) and, as it may be a
+    folder's path too, that a folder is ``--data-root``'s."""
+    root = "--data-root" if "--data-root" in flags else None
+    first = path.split("/", 1)[0]
+    if root and (first.lower() in _DATASET_WORDS | _IMAGE_WORDS or os.path.isdir(first)):
+        return f"{root}; no folder {path} is here (a relative path is read from the current folder)"
+    taker = next((f for f in ("--tasks", "--task") if f in flags), None)
+    note = _HUB_NOTE + (f"; a folder: {root} (no folder {path} is here)" if root else "")
+    return f"{taker} SPEC.toml; {note}" if taker else f"; {note}"
 
 
 def builtin_task_names() -> frozenset[str]:
