@@ -9,13 +9,15 @@ values with the defaults to name the flags it would ignore). An action sees only
 an abbreviation a new flag makes ambiguous would break a command line that worked: ``pretrain_llava.py --eval`` did
 when ``--eval-every`` came), as the package's commands do, and names the flag an unknown one most likely means, with
 the package's did-you-mean (``mtl_lora_vl.cli.flag_hints``, which imports neither torch nor numpy; imported only
-for a command line it refuses).
+for a command line it refuses). A flag given a negative number argparse reads as a flag (``--lr -1e-3``) is told the
+value attached (:func:`detached_negative`), where argparse said only "expected one argument".
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,7 +31,11 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None) -> Any:
-        parsed, unknown = self.parse_known_args(args, namespace)
+        argv = list(sys.argv[1:] if args is None else args)
+        said = detached_negative(argv, self)
+        if said:   # (argparse's own "argument --lr: expected one argument" named no fix)
+            self.error(said)
+        parsed, unknown = self.parse_known_args(argv, namespace)
         if unknown:
             self.error("unrecognized arguments: " + " ".join(with_hints(unknown, self)))
         return parsed
@@ -49,6 +55,42 @@ def with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]:
     attach = functools.partial(argparse_reads_as_flag, parser)   # (--lrr -1e-3: --lr=-1e-3, as argparse takes it)
     return [f"{tok} {hint_text(close)}" if close else tok
             for tok, close in unknown_flag_hints(tokens, flags, switches, readers, attach)]
+
+
+def detached_negative(argv: Sequence[str], parser: argparse.ArgumentParser) -> str | None:
+    """The refusal of a flag that takes one value given a negative number argparse reads as a flag of its own
+    (``--lr -1e-3``: a token starting with ``-`` is a flag unless it reads as ``-1`` or ``-0.5``), naming the value
+    attached (``--lr=-1e-3``), as the package's commands read it; None where there is none, or where the flag would
+    refuse the value attached too (its type, choices or check: argparse's own message stands)."""
+    for i, tok in enumerate(argv[:-1]):
+        if tok == "--":
+            break
+        action = parser._option_string_actions.get(tok)
+        value = argv[i + 1]
+        if action is None or action.nargs is not None or not value.startswith("-") or not _is_number(value):
+            continue
+        # (imported for such a value only, as in with_hints)
+        from mtl_lora_vl.cli.flag_hints import argparse_reads_as_flag
+        if argparse_reads_as_flag(parser, value) and _reads(_reader(action), value):
+            return (f"argument {'/'.join(action.option_strings)}: expected one argument ({value} is read as a flag: "
+                    f"did you mean {tok}={value}?)")
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _reads(read: Callable[[str], Any], value: str) -> bool:
+    try:
+        read(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _reader(action: argparse.Action) -> Callable[[str], Any]:
