@@ -18,7 +18,9 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from _parse_checks import Parser, at_least  # noqa: E402
 
+from mtl_lora_vl.benchmark.cli import build_parser as build_bench_parser  # noqa: E402
 from mtl_lora_vl.benchmark.cli import main as bench_main  # noqa: E402
+from mtl_lora_vl.benchmark.cli import settings_from_args  # noqa: E402
 
 
 def _refusal(parser, argv: list[str], capsys) -> str:
@@ -107,8 +109,28 @@ def test_a_negative_value_argparse_reads_as_a_flag_is_named_attached(capsys):
     q.add_argument("-1", dest="one", action="store_true")   # a flag that looks like a number: -0.5 is a flag too
     assert _refusal(q, ["--lrr", "-0.5"], capsys).endswith("--lrr (did you mean --lr=-0.5?) -0.5")
     with pytest.raises(SystemExit):   # (bench's parser, argparse's too; refused before anything runs)
-        bench_main(["--lr", "-1e-3"])
-    assert "--lr (did you mean --lr-grid=-1e-3?) -1e-3" in capsys.readouterr().err
+        bench_main(["--lrgrid", "-1e-3"])
+    assert "--lrgrid (did you mean --lr-grid? its learning rates are finite" in capsys.readouterr().err   # (> 0)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--lr", "-1e-3"], "--lr (did you mean --lr-grid? its learning rates are finite numbers > 0, comma-separated "
+                        "(e.g. --lr-grid 1e-3,3e-3)) -1e-3"),
+    (["--lr", "0"], "--lr (did you mean --lr-grid? its learning rates are finite numbers > 0"),
+    (["--lr=-1e-3"], "--lr=-1e-3 (did you mean --lr-grid? its learning rates are finite numbers > 0"),
+    (["--lr", "1e-3"], "--lr (did you mean --lr-grid?) 1e-3"),
+    (["--lr", "x"], "unrecognized arguments: --lr x"),
+])
+def test_bench_names_no_rate_its_lr_grid_refuses(capsys, argv, says):
+    """bench ``--lr -1e-3`` was told ``--lr-grid=-1e-3``, a rate bench then refuses ("every learning rate must be a
+    finite number > 0"): it is told --lr-grid and what it takes. (Each argv holds an unknown flag: refused before
+    anything runs; the named command line is only parsed.)"""
+    with pytest.raises(SystemExit) as info:
+        bench_main(argv)
+    assert info.value.code == 2 and says in capsys.readouterr().err.strip().splitlines()[-1]
+    with pytest.raises(ValueError, match="every learning rate must be a finite number > 0"):
+        settings_from_args(build_bench_parser().parse_args(["--lr-grid=-1e-3"])).validate()   # (why: parsed, refused)
+    settings_from_args(build_bench_parser().parse_args(["--lr-grid", "1e-3"])).validate()   # (no settings run)
 
 
 @pytest.mark.parametrize(("argv", "says"), [

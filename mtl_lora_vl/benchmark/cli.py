@@ -42,6 +42,19 @@ def _floats(text: str) -> list[float]:
         raise ValueError(f"--lr-grid: {text!r} is not a comma-separated list of numbers (e.g. 1e-3,3e-3)") from None
 
 
+def _rates(text: str) -> list[float]:
+    """``--lr-grid``'s rates as bench takes them (``BenchSettings``: at least one, each finite and > 0), else
+    ValueError: a did-you-mean names ``--lr-grid=-1e-3`` with a note, not as a value it takes."""
+    rates = _floats(text)
+    if not rates or not all(0 < r < math.inf for r in rates):
+        raise ValueError(text)
+    return rates
+
+
+#: What --lr-grid takes, for a typo given a rate it refuses (``--lr -1e-3``).
+_RATES_NOTE = "its learning rates are finite numbers > 0, comma-separated (e.g. --lr-grid 1e-3,3e-3)"
+
+
 def parse_ablation(text: str) -> tuple[str, list]:
     """``OPTION=V1,V2`` (one ``--ablate``) as ``(option, [values])``, each value checked and typed."""
     name, sep, values = text.partition("=")
@@ -154,11 +167,15 @@ def _with_hints(tokens: list[str], parser: argparse.ArgumentParser) -> list[str]
     """Unknown command-line tokens, each flag followed by the closest option's name when one is close."""
     flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]   # (--no-quick, --single)
     switches = [s for a in parser._actions if a.nargs == 0 for s in a.option_strings]   # (store_true, --help)
-    readers = {s: a.type if a.type is int else functools.partial(_choice, a.choices) if a.choices else _floats
+    readers = {s: a.type if a.type is int else functools.partial(_choice, a.choices) if a.choices else _rates
                for a in parser._actions if a.type is int or a.choices or a.dest == "lr_grid" for s in a.option_strings}
-    attach = functools.partial(argparse_reads_as_flag, parser)   # (--lr -1e-3: --lr-grid=-1e-3, as argparse takes it)
-    return [f"{tok} {hint_text(close)}" if close else tok   # (torchrun: bench runs its runs on one device)
-            for tok, close in unknown_flag_hints(tokens, flags, switches, readers, attach, torchrun=False)]
+    attach = functools.partial(argparse_reads_as_flag, parser)   # (--outt -x: --out=-x, as argparse takes it)
+    hints = unknown_flag_hints(tokens, flags, switches, readers, attach, torchrun=False)   # (bench runs on one device)
+    # --lr -1e-3: --lr-grid refuses the rate (BenchSettings), so it is named with what it takes, not as --lr-grid=-1e-3
+    loose = unknown_flag_hints(tokens, flags, switches, {**readers, "--lr-grid": _floats}, torchrun=False)
+    return [f"{tok} {hint_text(close)}" if close else tok
+            for (tok, close) in ((tok, close if close or near != "--lr-grid" else f"--lr-grid; {_RATES_NOTE}")
+                                 for (tok, close), (_, near) in zip(hints, loose, strict=True))]
 
 
 def _choice(choices: Collection[str], value: str) -> str:
