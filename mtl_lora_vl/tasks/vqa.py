@@ -240,7 +240,7 @@ class VQAKind(TaskKind):
 
     def soft_targets(self, answers: tuple[str, ...] | list[str]) -> Tensor:
         """VQA soft scores ``(V,)`` of the vocabulary answers among ``answers``."""
-        target = torch.zeros(len(self.answers))
+        target = torch.zeros(len(self.answers), dtype=torch.float32)   # (whatever torch's default dtype)
         for a in {normalize_answer(a) for a in answers}:
             i = self.answer_index.get(a)
             if i is not None:
@@ -293,7 +293,7 @@ class VQAKind(TaskKind):
         if packed is None:
             targets = self.soft_targets(example.answers)
         else:   # the training row's soft targets, computed when the kind was built
-            targets = torch.zeros(len(self.answers))
+            targets = torch.zeros(len(self.answers), dtype=torch.float32)   # (the packed scores' dtype)
             targets[torch.from_numpy(packed[0]).long()] = torch.from_numpy(packed[1])
         return {"targets": targets,
                 "answer_mask": self.answer_mask(self.filter_type(example))}
