@@ -68,6 +68,15 @@ def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:
 
 
 
+# The dtype of a task head's parameters (nlvr's pair MLP, VQA's fusion and answer weights, the classifier, retrieval's
+# temperature), whatever torch's default dtype and the base's: every head's forward reads the base's features cast to
+# fp32 with autocast off, and scores as the zero-shot rule does (``tasks.embeddings.prompt_scores``, fp32), so its
+# parameters are fp32 on a float64 base too. Under ``torch.set_default_dtype(torch.float64)`` heads made by default
+# were float64: nlvr's refused its fp32 features ("mat1 and mat2 must have the same dtype"), VQA's and the
+# classifier's mixed fp32 and float64 parameters and gave float64 logits.
+HEAD_DTYPE = torch.float32
+
+
 def base_weights_dtype(model: torch.nn.Module) -> torch.dtype | None:
     """The dtype of ``model``'s frozen floating-point weights (the base model under the adapters); None if none. Scalar
     parameters are passed over where the model has others: open_clip's logit scale (and bias) stays fp32 under a bf16

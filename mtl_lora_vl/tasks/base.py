@@ -310,7 +310,8 @@ class TaskKind(ABC):
 
     @abstractmethod
     def build_head(self, backbone: Backbone) -> nn.Module:
-        """The task's trainable head (on the backbone's device, float32)."""
+        """The task's trainable head (on the backbone's device, float32 -- :data:`~mtl_lora_vl.precision.HEAD_DTYPE`,
+        whatever torch's default dtype and the base's: its forward reads the base's features cast to fp32)."""
 
     @abstractmethod
     def loss(self, head: nn.Module, backbone: Backbone, batch: dict[str, Tensor], image_emb: Tensor,

@@ -46,7 +46,7 @@ from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split, refuse_rows_of_another_kind
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import per_class_accuracy, topk_accuracy
-from mtl_lora_vl.precision import autocast
+from mtl_lora_vl.precision import HEAD_DTYPE, autocast
 from mtl_lora_vl.tasks.base import (
     Row,
     TaskKind,
@@ -102,8 +102,8 @@ class ClassifierHead(nn.Module):
 
     def __init__(self, class_emb: Tensor, logit_scale: float) -> None:
         super().__init__()
-        self.weight = nn.Parameter(class_emb.detach().float().clone())
-        self.bias = nn.Parameter(torch.zeros(class_emb.shape[0]))
+        self.weight = nn.Parameter(class_emb.detach().to(HEAD_DTYPE, copy=True))
+        self.bias = nn.Parameter(torch.zeros(class_emb.shape[0], dtype=HEAD_DTYPE))   # (whatever the default dtype)
         self.logit_scale = float(logit_scale)
 
     def forward(self, image_emb: Tensor) -> Tensor:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split, image_count, image_parts
 from mtl_lora_vl.distributed import map_shards
+from mtl_lora_vl.precision import HEAD_DTYPE
 from mtl_lora_vl.tasks.base import Row, TaskKind, encode_texts, image_embeddings, model_device, spec_error
 from mtl_lora_vl.tasks.generative import (
     GenerationHead,
@@ -56,7 +57,9 @@ class PairHead(nn.Module):
     def __init__(self, dim: int, images: int, hidden: int) -> None:
         super().__init__()
         self.images = int(images)
-        self.net = nn.Sequential(nn.Linear((2 * self.images + 1) * dim, hidden), nn.GELU(), nn.Linear(hidden, 2))
+        fp32 = {"dtype": HEAD_DTYPE}   # (whatever torch's default dtype: the forward reads fp32 features)
+        self.net = nn.Sequential(nn.Linear((2 * self.images + 1) * dim, hidden, **fp32), nn.GELU(),
+                                 nn.Linear(hidden, 2, **fp32))
 
     def forward(self, image_emb: Tensor, text_emb: Tensor) -> Tensor:
         if image_emb.dim() != 3 or image_emb.shape[1] != self.images:

@@ -33,6 +33,7 @@ from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import retrieval_recall
+from mtl_lora_vl.precision import HEAD_DTYPE
 from mtl_lora_vl.tasks.base import (
     Row,
     TaskKind,
@@ -76,7 +77,7 @@ class RetrievalHead(nn.Module):
 
     def __init__(self, logit_scale: float, max_scale: float = 100.0) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(logit_scale), dtype=torch.float32))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(logit_scale), dtype=HEAD_DTYPE))
         self.max_log_scale = math.log(max_scale)
 
     @property

@@ -50,7 +50,7 @@ from mtl_lora_vl.data.loader import iter_image_batches
 from mtl_lora_vl.data.records import Example, Split
 from mtl_lora_vl.distributed import map_shards
 from mtl_lora_vl.metrics import normalize_answer, vqa_accuracy
-from mtl_lora_vl.precision import autocast
+from mtl_lora_vl.precision import HEAD_DTYPE, autocast
 from mtl_lora_vl.tasks.base import (
     Row,
     TaskKind,
@@ -87,11 +87,12 @@ class VQAHead(nn.Module):
         hidden = hidden or 2 * dim
         self.question_weight = float(question_weight)
         self.logit_scale = float(logit_scale)
-        self.fusion = nn.Sequential(nn.Linear(3 * dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        fp32 = {"dtype": HEAD_DTYPE}   # (whatever torch's default dtype: the forward reads fp32 features)
+        self.fusion = nn.Sequential(nn.Linear(3 * dim, hidden, **fp32), nn.GELU(), nn.Linear(hidden, dim, **fp32))
         nn.init.zeros_(self.fusion[2].weight)
         nn.init.zeros_(self.fusion[2].bias)
-        self.answer_weight = nn.Parameter(answer_emb.detach().float().clone())
-        self.bias = nn.Parameter(torch.zeros(answer_emb.shape[0]))
+        self.answer_weight = nn.Parameter(answer_emb.detach().to(HEAD_DTYPE, copy=True))
+        self.bias = nn.Parameter(torch.zeros(answer_emb.shape[0], **fp32))
 
     def forward(self, image_emb: Tensor, question_emb: Tensor) -> Tensor:
         img, q = image_emb.float(), question_emb.float()
