@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..data.resize import ImageResize
+from ..data.resize import ImageResize, check_float_images
 from ..data.text_columns import drop_padding
 from ..families import FAMILIES, find_family
 from ..log import warn_user
@@ -109,10 +109,12 @@ def as_rgb(v: Any, what: str) -> tuple[float, float, float]:
 
 
 def check_image_batch(images: Any, what: str) -> None:
-    """A batch of images: a ``(B, C, H, W)`` tensor (one image ``(C, H, W)`` read its channels as the batch)."""
+    """A batch of images: a ``(B, C, H, W)`` float tensor (one image ``(C, H, W)`` read its channels as the batch;
+    uint8 pixels were read as normalised values)."""
     if not isinstance(images, Tensor) or images.dim() != 4:
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"{what}: images must be a (B, C, H, W) tensor, got {got}; one image is images[None]")
+    check_float_images(images, what)
 
 
 def check_image_sizes(images: Tensor, sizes: Any, what: str, within: bool = True,

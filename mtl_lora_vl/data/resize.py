@@ -39,6 +39,14 @@ INTERPOLATIONS = {
 _PIL_NAMES = {int(v): k for k, v in INTERPOLATIONS.items()}  # Hugging Face's `resample` is PIL's number
 
 
+def check_float_images(images: Any, what: str) -> None:
+    """Refuse integer images (uint8 pixels) where normalised float ones go: a tower casts them to its dtype and reads
+    0..255 as normalised values (a LLaVA-style model generated and scored from them without a word)."""
+    if isinstance(images, torch.Tensor) and not images.is_floating_point():
+        raise ValueError(f"{what}: images must be normalised float images, got dtype {images.dtype}; give uint8 "
+                         "images to backbone.preprocess_uint8 first (it resizes, scales and normalises them)")
+
+
 @dataclass(frozen=True)
 class ImageResize:
     """``size``: the square side the model takes. ``mode``: ``"shortest"`` resizes the shorter side to
@@ -131,6 +139,7 @@ class ImageResize:
                    f"resize them to {self.size}x{self.size} yourself")
         if len(shape) != 4 or shape[1] != 3:
             raise ValueError(message)
+        check_float_images(images, what)
         try:
             return encode(images)
         except (RuntimeError, ValueError, AssertionError) as e:
