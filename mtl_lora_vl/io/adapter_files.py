@@ -104,8 +104,8 @@ def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
     if isinstance(spec, str):
         try:
             base["backbone"] = parse_spec(spec).absolute()
-        except ValueError:
-            pass  # not a backbone string this package parses: keep it as the caller wrote it
+        except (ValueError, OSError):   # (open_clip:DIR of a folder not there: FileNotFoundError, as base_paths)
+            pass  # not a backbone string this package parses, or its folder is not here: keep it as the caller wrote it
     return base
 
 
