@@ -64,8 +64,30 @@ class OpenClipBackbone(OpenClipText, Backbone):
     casts_inputs = False    # fp32 images meet bf16 weights as they are, outside autocast
 
     def _image_features(self, images: Tensor) -> Tensor:
-        feats = self.model.encode_image(images)
+        feats = self._tower_call(self.model.encode_image, "encode_image")(images)
         return feats[0] if isinstance(feats, tuple) else feats
+
+    def _tower_call(self, encode: Any, what: str) -> Any:
+        """``encode`` whose failure on float images of another dtype than the base weights, outside autocast, is a
+        ValueError naming both dtypes and the fix (open_clip does not cast its inputs: ``encode_image`` of fp32 images
+        on a bf16 base failed with torch's "Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be
+        the same"). The weights are read only once the call has failed."""
+        def call(images: Tensor) -> Any:
+            try:
+                return encode(images)
+            except RuntimeError as e:
+                weights = next((p.dtype for p in self.model.visual.parameters()   # (the base's, before any adapter's)
+                                if p.is_floating_point() and p.numel() > 1), None)
+                if (isinstance(e, torch.cuda.OutOfMemoryError) or weights is None or not images.is_floating_point()
+                        or images.dtype == weights or torch.is_autocast_enabled(images.device.type)):
+                    raise
+                amp = (f", or call it under torch.autocast({images.device.type!r}, dtype={weights})"
+                       if weights in (torch.bfloat16, torch.float16) else "")
+                raise ValueError(f"{what}: the images are {images.dtype} but {self.name}'s image tower weights are "
+                                 f"{weights}, and open_clip does not cast its inputs; give "
+                                 f"backbone.preprocess_uint8(images, dtype={weights}) (or images.to({weights})){amp}"
+                                 ) from e
+        return call
 
     def set_grad_checkpointing(self, enabled: bool = True) -> None:
         """open_clip's own switch: every tower (and CoCa's decoder) recomputes its blocks in backward."""
@@ -132,7 +154,8 @@ class CoCaBackbone(OpenClipBackbone):
         if tokens.shape[0] != images.shape[0]:
             raise ValueError(f"caption_logits got {images.shape[0]} images but {tokens.shape[0]} token rows")
         tokens = self.fit_tokens(tokens)
-        _, image_embs = self.resize.checked(self.model._encode_image, images, "caption_logits", self.name)
+        _, image_embs = self.resize.checked(self._tower_call(self.model._encode_image, "caption_logits"), images,
+                                            "caption_logits", self.name)
         _, token_embs = self.model._encode_text(tokens)
         return self.model.text_decoder(image_embs, token_embs[:, :-1])
 
@@ -151,7 +174,8 @@ class CoCaBackbone(OpenClipBackbone):
                 raise ValueError(f"generate: {name} must be an integer >= 1, got {value!r}")
         max_len, beam_size = int(max_len), int(beam_size)
         self.check_caption_tokens()
-        _, image_embs = self.resize.checked(self.model._encode_image, images, "generate", self.name)
+        _, image_embs = self.resize.checked(self._tower_call(self.model._encode_image, "generate"), images,
+                                            "generate", self.name)
         image_embs = image_embs.repeat_interleave(beam_size, dim=0)
 
         def full_step(seqs: Tensor) -> Tensor:
