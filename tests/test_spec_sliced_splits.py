@@ -77,3 +77,19 @@ def test_the_slices_warned_of_share_rows_as_datasets_reads_them(one, other):
 
     assert any(rows(one, n) & rows(other, n) for n in range(100, 300))
     assert shared_parts(one, other) == [one]
+
+
+# One end a percent makes both ends percents, as datasets reads them (train[10:50%] is train[10%:50%]): such a part
+# was taken for rows against percents, told by the length alone, and train[:30%] beside train[10:50%] was unwarned.
+@pytest.mark.parametrize(("train", "test"), [("train[:30%]", "train[10:50%]"), ("train[10%:50]", "train[40%:]"),
+                                             ("train[:30%](pct1_dropremainder)", "train[20:40%](pct1_dropremainder)")])
+def test_a_slice_with_one_end_a_percent_is_read_as_percents(tmp_path, caplog, train, test):
+    datasets = pytest.importorskip("datasets")
+
+    def rows(split: str) -> set[int]:
+        chosen = datasets.ReadInstruction.from_spec(split).to_absolute({"train": 200})[0]
+        return set(range(chosen.from_, chosen.to))
+
+    assert rows(train) & rows(test)
+    assert SHARED in _warned(tmp_path, caplog, train, test)
+    assert "[data.test]" not in _warned(tmp_path, caplog, "train[:10%]", "train[10:50%]")

@@ -3,7 +3,8 @@ test reads rows that train reads (:func:`mtl_lora_vl.tasks.spec.load_spec`), bef
 
 A ``split`` joins splits with ``+`` and may slice each as ``datasets`` does (``train[:90%]``, ``train[100:200]``;
 :mod:`.hf_slices` reads them). Two parts share rows where they name the same split and either is whole, or both slice
-it in the same unit (rows, or percents) counted from its start into ranges that overlap. Percents rounded two ways
+it in the same unit (rows, or percents: a slice with one end a percent is of percents, as ``datasets`` reads it,
+``train[10:50%]`` is ``train[10%:50%]``) counted from its start into ranges that overlap. Percents rounded two ways
 (``(pct1_dropremainder)`` beside the default, closest) share rows where they do on a split of some length, found by
 the rows each chooses: ``train[:50%]`` beside ``train[50%:](pct1_dropremainder)`` share rows 50 to 74 of 150, and
 ``train[:60%](pct1_dropremainder)`` beside ``train[50%:]``, which share none of 199, do on 100. Rows against
@@ -47,9 +48,10 @@ def _rows(part: str) -> _Part:
     m = _PART.fullmatch(part)
     if m is None or m["lo"] is None:
         return part if m is None else m["name"], None, 0, math.inf, ""
-    units = {u for u, end in ((m["lo_pct"], m["lo"]), (m["hi_pct"], m["hi"])) if end}
     lo, hi = int(m["lo"] or 0), int(m["hi"]) if m["hi"] else math.inf
-    unit = "?" if len(units) > 1 or lo < 0 or hi < 0 else units.pop() if units else None
+    # (one end a percent makes both percents, as datasets reads them: train[10:50%] is train[10%:50%])
+    unit = "%" if m["lo_pct"] or m["hi_pct"] else "" if m["lo"] or m["hi"] else None
+    unit = "?" if lo < 0 or hi < 0 else unit
     return m["name"], unit, lo, hi, (m["rounding"] or "closest").strip()
 
 
