@@ -93,3 +93,15 @@ def test_a_slice_with_one_end_a_percent_is_read_as_percents(tmp_path, caplog, tr
     assert rows(train) & rows(test)
     assert SHARED in _warned(tmp_path, caplog, train, test)
     assert "[data.test]" not in _warned(tmp_path, caplog, "train[:10%]", "train[10:50%]")
+
+
+def test_slice_ends_are_numbers_as_datasets_reads_them(tmp_path, caplog):
+    """datasets reads ``1_000`` as 1000 (train[:1_000] beside train[999:] was taken for two splits' names, unwarned);
+    an end it cannot read (``train[-:5]``) crashed the spec's load with int()'s bare message, before the reader's
+    refusal that names the split and the syntax."""
+    datasets = pytest.importorskip("datasets")
+    assert datasets.ReadInstruction.from_spec("train[:1_000]").to_absolute({"train": 2000})[0].to == 1000
+    assert SHARED in _warned(tmp_path, caplog, "train[:1_000]", "train[999:]")
+    assert "[data.test]" not in _warned(tmp_path, caplog, "train[:1_000]", "train[1000:]")
+    assert "[data.test]" not in _warned(tmp_path, caplog, "train[-:5]", "train[:5]")
+    assert shared_parts("train[1__0:]", "train[:5]") == []

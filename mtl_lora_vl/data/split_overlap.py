@@ -29,8 +29,10 @@ NOT_ROW_CHOICE = frozenset({"strict", "verify", "one_per_image", "class_names", 
                             "question_type_field"})
 
 #: One part of a split: its name, then maybe a slice ``[from:to]`` (each end rows or a percent) and a rounding.
-_PART = re.compile(r"(?P<name>[^\[\]()]+)(?:\[(?P<lo>-?\d*)(?P<lo_pct>%?):(?P<hi>-?\d*)(?P<hi_pct>%?)\])?"
-                   r"(?:\((?P<rounding>.*)\))?")
+#: Its ends are numbers as ``datasets`` reads them, digits maybe grouped by ``_`` (``train[:1_000]``); another end
+#: (``train[-:5]``, which ``datasets`` refuses) leaves the part a name of its own.
+_PART = re.compile(r"(?P<name>[^\[\]()]+)(?:\[(?P<lo>(?:-?\d+(?:_\d+)*)?)(?P<lo_pct>%?):"
+                   r"(?P<hi>(?:-?\d+(?:_\d+)*)?)(?P<hi_pct>%?)\])?(?:\((?P<rounding>.*)\))?")
 
 
 def split_parts(split: str) -> list[str]:
