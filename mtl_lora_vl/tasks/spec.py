@@ -42,6 +42,7 @@ import difflib
 import hashlib
 import importlib.resources
 import json
+import logging
 import math
 import re
 import string
@@ -62,6 +63,8 @@ from mtl_lora_vl.tasks.spec_error import SpecError
 from mtl_lora_vl.tasks.spec_error import field_error as _fail
 from mtl_lora_vl.whole_files import FileTooLarge, read_whole
 from mtl_lora_vl.wording import name_hint
+
+logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("name", "kind", "description", "loss_weight", "metrics", "templates", "data", "head", "options",
              "generative")
@@ -126,10 +129,13 @@ class TaskSpec:
         if not root.is_dir():
             raise SpecError(f"{where}: data root {str(root)!r} is not a folder; pass --data-root DIR")
         try:
-            return read_split(self.data.format, root, **{**self.data.options, **opts})
+            read = read_split(self.data.format, root, **{**self.data.options, **opts})
         except ReaderOptionError as err:
             raise SpecError(f"{where}: field 'data.{split}': the {self.data.format} reader rejected "
                             f"the options {sorted({**self.data.options, **opts})}: {err}") from err
+        if split in self.data.read_warnings:   # (read: the files hold the split named beside none)
+            logger.warning("%s", self.data.read_warnings[split])
+        return read
 
 
 # ---------------------------------------------------------------------------------------------- finding

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ class DataSpec:
     format: str | None
     options: dict[str, Any]
     splits: dict[str, dict[str, Any]]
+    #: A split's warning of rows shared with train told once its read succeeds (:meth:`.TaskSpec.load_split`): a
+    #: table with no ``split`` (the one split its files hold) beside one naming a split shares rows only where the
+    #: files hold that split, which the read finds; a warning at load came before the reader refused a split the
+    #: files do not hold.
+    read_warnings: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
@@ -111,13 +116,18 @@ def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
                     show_got=False)
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
+    read_warnings = {}
     for split in ("val", "test"):
         both = _shared_parts(options, splits[split], splits["train"]) if {split, "train"} <= set(splits) else None
         if both is not None:
-            logger.warning("%s: [data.%s] reads %s, so the %s scores are training scores; give it a file, folder or "
-                           "split name of its own", path, split, "the same rows as [data.train] (the same files and "
-                           "split names)" if not both else f"rows that [data.train] reads too (the same files; the "
-                           f"split(s) {both}, whole or in overlapping slices)", split)
+            warning = (f"{path}: [data.{split}] reads " + ("the same rows as [data.train] (the same files and split "
+                       "names)" if not both else f"rows that [data.train] reads too (the same files; the split(s) "
+                       f"{both}, whole or in overlapping slices)") + f", so the {split} scores are training scores; "
+                       "give it a file, folder or split name of its own")
+            if _one_without_split(splits[split], splits["train"]):
+                read_warnings[split] = warning
+            else:
+                logger.warning("%s", warning)
     for split, opts in splits.items():  # a misspelt option is named now, not after a model has loaded
         try:
             check_reader_options(fmt, {**options, **opts})
@@ -125,7 +135,12 @@ def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
             # an option of the shared [data] table that the split does not override is that table's
             shared = [k for k in options if k not in opts and f"'{k}'" in str(err)]
             raise SpecError(f"{path}: field 'data{'' if shared else '.' + split}': {err}") from None
-    return DataSpec(source="files", format=fmt, options=options, splits=splits)
+    return DataSpec(source="files", format=fmt, options=options, splits=splits, read_warnings=read_warnings)
+
+
+def _one_without_split(one: dict[str, Any], train: dict[str, Any]) -> bool:
+    """Whether exactly one of two split tables gives a ``split`` (the other reads the one split its files hold)."""
+    return sum(bool(str(t.get("split", "")).strip()) for t in (one, train)) == 1
 
 
 def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
