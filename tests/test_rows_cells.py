@@ -299,3 +299,14 @@ def test_a_list_and_an_array_of_equal_values_are_one_row_key(tmp_path):
     for first, second in other:
         assert row_keys.row_key(first) != row_keys.row_key(second), (first, second)
     assert len(_from_rows(tmp_path, [{**row, "extra": [1, 2]}, {**row, "extra": np.array([1, 3])}]).examples) == 2
+
+
+def test_a_list_numpy_cannot_make_into_an_array_is_keyed_by_its_values():
+    """A list of tensors that need grad: numpy's asarray raised torch's RuntimeError ("Can't call numpy() on Tensor
+    that requires grad") out of the row key, which before lists were tried as arrays keyed it value by value."""
+    torch = pytest.importorskip("torch")
+    def needs_grad(value: float) -> list:
+        return [torch.full((2,), value, requires_grad=True)]
+
+    assert row_keys.row_key(needs_grad(1.0)) == row_keys.row_key(needs_grad(1.0))   # (two reads: two tensors)
+    assert row_keys.row_key(needs_grad(1.0)) != row_keys.row_key(needs_grad(0.0))

@@ -99,7 +99,8 @@ def _numbers_array(value: list) -> np.ndarray | None:
         return None
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError, OverflowError):   # (ragged; a nested list numpy cannot make)
+    except (ValueError, TypeError, OverflowError, RuntimeError):   # (ragged; what numpy cannot make: a tensor
+        # needing grad, which torch refuses to give as an array)
         return None
     if array.dtype.kind not in "biufc":
         return None
