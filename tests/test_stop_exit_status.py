@@ -21,7 +21,7 @@ from mtl_lora_vl.cli import train_main
 from mtl_lora_vl.cli.commands import run_command
 from mtl_lora_vl.training import cleanup as cleanup_module
 from mtl_lora_vl.training import train as train_module
-from mtl_lora_vl.training.stopping import RunStopped
+from mtl_lora_vl.training.stopping import RunStopped, Terminated
 
 # The loop's part: the signals come inside stop_at_step_boundary, then the loop raises RunStopped with what the
 # request recorded (train.py, one process: max_over_ranks of one rank is its own signal).
@@ -159,10 +159,12 @@ def test_a_sigterm_in_a_stops_clean_up_does_not_cut_it_short(monkeypatch, tmp_pa
     assert closed == ["loader", "undo", "loader", "lock", "process group"]
 
 
-def _failed_set_up(monkeypatch, tmp_path, where: str, signum: int = signal.SIGTERM) -> list[str]:
+def _failed_set_up(monkeypatch, tmp_path, where: str, signum: int = signal.SIGTERM,
+                   stopped_by: int | None = None) -> list[str]:
     """``start`` as it is, on a resumed run whose set-up (``prepare_rank``) fails with a bad option's error, ``signum``
     sent in its clean-up: as the run's lock closes (``where="lock"``) or in ``all_ready`` (``"all_ready"``: under
-    torchrun a collective, where torchrun's SIGTERM to every rank once one failed finds the others waiting)."""
+    torchrun a collective, where torchrun's SIGTERM to every rank once one failed finds the others waiting); any other
+    ``where``: no signal there. ``stopped_by``: the set-up is stopped by that signal, sent in it, instead of failing."""
     closed: list[str] = []
     info = SimpleNamespace(rank=0, enabled=False, is_main=True, world_size=1, device=None)
     monkeypatch.setattr(train_module, "choose_run_dir", lambda opts: tmp_path)
@@ -173,6 +175,9 @@ def _failed_set_up(monkeypatch, tmp_path, where: str, signum: int = signal.SIGTE
     monkeypatch.setattr(train_module, "hold_run_dir", lambda run_dir, i: lock)
 
     def fails(*args):
+        if stopped_by is not None:
+            assert signal.getsignal(stopped_by) is not signal.SIG_DFL   # (it would end pytest)
+            signal.raise_signal(stopped_by)
         raise ValueError("--resume: the run's checkpoint is unreadable; start a new run")
 
     monkeypatch.setattr(train_module, "prepare_rank", fails)
@@ -202,6 +207,23 @@ def test_a_sigterm_after_a_failed_set_up_leaves_the_error_and_its_message(monkey
     assert run_command("warning", train_module.train, opts) == 2
     assert capfd.readouterr().err.splitlines() == [
         "[mtl-lora-vl] error: --resume: the run's checkpoint is unreadable; start a new run"]
+    assert closed == ["lock", "all_ready"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("stopped_by, stop", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_a_set_up_stopped_by_a_signal_lets_the_resumed_run_s_lock_go(monkeypatch, tmp_path, stopped_by, stop):
+    """Helper 543: ``start`` closed a resumed run's lock after a failed set-up only for an ``Exception``: a Ctrl-C or
+    a SIGTERM (``Terminated``) in ``prepare_rank`` left it held -- the command line's process exits and the system
+    lets go of it, but ``train()`` called from Python (a notebook) kept the run locked, and a second ``--resume`` of it
+    in the same process was refused as "a run is training in it now". The stop now closes it (and ``all_ready`` tells
+    the other ranks) before it goes on; the SIGTERM handler is back as it was."""
+    opts = SimpleNamespace(resume=True, validate=lambda: None, device="cpu", workers=0)
+    closed = _failed_set_up(monkeypatch, tmp_path, "nowhere", stopped_by=stopped_by)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(stop) as raised:
+        train_module.train(opts)
+    assert type(raised.value) is stop
     assert closed == ["lock", "all_ready"]
     assert signal.getsignal(signal.SIGTERM) == before
 

@@ -144,7 +144,8 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
         with main_rank_logging(info.is_main):   # the same data on every rank: its warnings once
             opts, saved, setup, amp_dtype = prepare_rank(opts, run_dir, info, given)
-    except Exception as e:   # a SIGTERM in its clean-up (torchrun's once a rank failed) is ignored: the error stands
+    except BaseException as e:   # an error or a stop (Ctrl-C, Terminated: a resumed run's lock let go, as train()
+        # called from Python needs); a SIGTERM in its clean-up (torchrun's once a rank failed) is ignored: it stands
         with cleaning_up_after(e):   # (a Ctrl-C cuts it short: the error still raised below)
             if lock is not None:
                 lock.close()
