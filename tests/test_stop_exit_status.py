@@ -428,3 +428,43 @@ def test_a_sigterm_as_the_outcome_is_reported_leaves_it(tmp_path, outcome, statu
     assert out.returncode == status, out.stdout + out.stderr
     assert out.stdout.split() == [str(status), "True", "False"], out.stdout + out.stderr
     assert ("--lr -1: give a positive learning rate" in out.stderr) == (outcome == "error"), out.stderr
+
+
+class _Failed(ValueError):
+    """A bad option's error; a SIGTERM comes as its message is read (as run_command reports it)."""
+
+    def __str__(self) -> str:
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(signal.SIGTERM)
+        return "--lr -1: give a positive learning rate"
+
+
+def _fails() -> None:
+    raise _Failed()
+
+
+def test_a_sigterm_ignored_as_a_command_reports_reaches_the_outer_command(capfd):
+    """Helper 543: ``run_command`` called inside another command's work (the outer one's ``terminate_raises`` stops it
+    on SIGTERM) ignored a SIGTERM while its own outcome was reported, and nothing sent it on: the outer command went on
+    and returned 0, the SIGTERM lost. It is now sent again once the outer handler is back: the inner error's line, then
+    the outer command stops (143, its line)."""
+    inner: list[int] = []
+    assert run_command("warning", lambda: inner.append(run_command("warning", _fails))) == 143
+    assert inner == []
+    assert capfd.readouterr().err.splitlines() == [
+        "[mtl-lora-vl] error: --lr -1: give a positive learning rate",
+        "[mtl-lora-vl] warning: SIGTERM: stopped at once (exit status 143)"]
+
+
+def test_a_sigterm_ignored_as_a_command_reports_reaches_the_caller_s_handler(capfd):
+    """Helper 543: a Python caller's own SIGTERM handler (a script that stops its loop of commands on SIGTERM) never
+    saw a SIGTERM that came as ``run_command`` reported the outcome: it was ignored and lost. The handler is put back
+    and then given it; the command's outcome stands (its line, status 2)."""
+    got: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        assert run_command("warning", _fails) == 2
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capfd.readouterr().err.splitlines() == ["[mtl-lora-vl] error: --lr -1: give a positive learning rate"]

@@ -14,7 +14,6 @@ are read.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,8 +25,7 @@ from jsonargparse import ArgumentParser
 from ..lazy_names import imported
 from ..log import cli_logging, debug_tracebacks, rank_prefix
 from ..options import EvalOptions, TrainOptions
-from ..signal_handlers import handlers_set
-from ..training.stopping import RunStopped, Terminated, TerminateUntilDone, terminate_raises
+from ..training.stopping import RunStopped, Terminated, terminate_until_done
 from .parsing import build_parser, parse_options, parse_options_given
 
 __all__ = ["build_train_parser", "eval_main", "exit_code", "parse_eval_args", "parse_train_args", "program_name",
@@ -62,15 +60,12 @@ def program_name() -> str:
 def run_command(level: str, fn: Callable[..., Any], *args: Any) -> int:
     """Run ``fn(*args)`` with the command line's logging; an expected failure is one ``error:`` line. A SIGTERM
     stops it as Ctrl-C does (its clean-up runs: no temporary left), with one line, and the command exits 143; once
-    ``fn`` is done, a SIGTERM is ignored while its outcome is reported (the default handler is put back on return)."""
-    sigterm = TerminateUntilDone()
-    with handlers_set({signal.SIGTERM: sigterm}), cli_logging(level) as log:
-        try:
-            with terminate_raises():   # SIGTERM: what the command was writing is cleaned up (eval, export: a killed
-                try:                   # one left its temporary, a merged export's as large as the model), exit 143
-                    fn(*args)
-                finally:   # what ended it (an error, a stop, done) is reported below, a later SIGTERM ignored
-                    sigterm.done = True
+    ``fn`` is done, a SIGTERM is ignored while its outcome is reported (the default handler is put back on return; a
+    caller's own Python handler is put back and given the SIGTERM ignored: :func:`terminate_until_done`)."""
+    with terminate_until_done() as sigterm, cli_logging(level) as log:
+        try:   # SIGTERM: what the command was writing is cleaned up (eval, export: a killed one left its temporary,
+            with sigterm.working():   # a merged export's as large as the model), exit 143; once it ends, what ended
+                fn(*args)             # it (an error, a stop, done) is reported below, a SIGTERM meanwhile ignored
         except Terminated as e:   # SIGTERM outside the loop's steps: said, as the loop's stop line says its signal
             logger.warning("%sSIGTERM: stopped at once (exit status %d)", rank_prefix(), e.exit_code)
             return e.exit_code   # (a scheduler's log said nothing of what ended the run)

@@ -23,7 +23,8 @@ error is reported.)
 Between those blocks (a handler being put back, an ``except`` clause's first bytecodes) :func:`first_stop` keeps a
 stop's status where a SIGTERM's Terminated cut into it; an error cut there by a SIGTERM still exits 143 (one line).
 ``run_command`` reports the outcome (an error's line, a stop's status) with SIGTERM ignored
-(:class:`TerminateUntilDone`).
+(:class:`TerminateUntilDone`); one ignored there goes on to the caller's Python handler once that is back (an outer
+command's, a script's: :func:`terminate_until_done`), not to the default one (the process is exiting with the status).
 Not covered: ``bench``'s report after its ``terminate_raises`` puts the default handler back (a SIGTERM there ends the
 process: 143, without its line); before ``run_command`` sets its handler and after it returns, SIGTERM's default
 (nothing begun, or the process exiting).
@@ -41,7 +42,8 @@ from ..log import rank_prefix
 from ..signal_handlers import handlers_set
 
 __all__ = ["RunStopped", "StopRequest", "TerminateUntilDone", "Terminated", "cleaning_up_after", "first_stop",
-           "stop_at_step_boundary", "stop_signals_ignored", "terminate_ignored", "terminate_raises"]
+           "stop_at_step_boundary", "stop_signals_ignored", "terminate_ignored", "terminate_raises",
+           "terminate_until_done"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +133,46 @@ def _raise_terminated(signum: int, frame: object) -> None:  # noqa: ARG001
 
 
 class TerminateUntilDone:
-    """A command's SIGTERM handler (``run_command``'s): :class:`Terminated` while its work runs, ignored once ``done``
-    is set -- as the work ends, however it ends -- so that its outcome (an error's line and status, a stop's status,
-    0) is reported whole; the default handler, put back as the command returns, had killed the process there (143,
-    without the error's line, over a Ctrl-C's 130)."""
+    """A command's SIGTERM handler (``run_command``'s, ``bench``'s; set by :func:`terminate_until_done`):
+    :class:`Terminated` while its work runs, ignored once ``done`` is set -- as the work ends, however it ends -- so
+    that its outcome (an error's line and status, a stop's status, 0) is reported whole; the default handler, put back
+    as the command returns, had killed the process there (143, without the error's line, over a Ctrl-C's 130). One
+    ignored is noted (``ignored``), for the handler put back after it."""
 
     def __init__(self) -> None:
         self.done = False
+        self.ignored = False
 
     def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
         if not self.done:
             raise Terminated
+        self.ignored = True
+
+    @contextlib.contextmanager
+    def working(self) -> Iterator[None]:
+        """The command's work: under :func:`terminate_raises`, and ``done`` once it ends, however it ends."""
+        with terminate_raises():
+            try:
+                yield
+            finally:
+                self.done = True
+
+
+@contextlib.contextmanager
+def terminate_until_done() -> Iterator[TerminateUntilDone]:
+    """While open (main thread), a :class:`TerminateUntilDone` is SIGTERM's handler (the command runs its work under
+    its ``working()``, and reports the outcome after). A SIGTERM it ignored is sent again once the handler before it
+    is back, where that is a Python handler: the caller's own (a script that stops its loop of commands on SIGTERM),
+    an outer command's (``run_command`` called inside another's work, whose ``terminate_raises`` stops it: 143) --
+    there the ignored SIGTERM was lost, and the caller went on as if none had come. With the default handler the
+    process is about to exit with the command's status: not sent again (it would kill it, -15, over that status)."""
+    sigterm = TerminateUntilDone()
+    try:
+        with handlers_set({signal.SIGTERM: sigterm}):
+            yield sigterm
+    finally:
+        if sigterm.ignored and callable(signal.getsignal(signal.SIGTERM)):
+            signal.raise_signal(signal.SIGTERM)
 
 
 @contextlib.contextmanager
