@@ -161,3 +161,52 @@ def test_a_run_without_its_evaluation_is_an_error_not_a_ctrl_c(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert "error: bench run zero_shot/lr0.003-seed0: the trainer returned without its evaluation" in err, err
     assert "stopped" not in err
+
+
+# The command's report with a SIGTERM arriving as it is printed (as the error's message or the stop's folder is read):
+# ``command._run`` on a grid whose run_benchmark fails or is stopped at once (nothing trained), signals as from a
+# terminal (SIGTERM's default would end pytest)
+_REPORT_CHILD = """\
+import argparse, signal, sys
+sys.path.insert(0, sys.argv[2])
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+from mtl_lora_vl.benchmark import command
+
+class Failed(ValueError):
+    def __str__(self):
+        signal.raise_signal(signal.SIGTERM)
+        return "--lr-grid: give positive learning rates"
+
+class Out(str):
+    def __format__(self, spec):
+        signal.raise_signal(signal.SIGTERM)
+        return str.__format__(self, spec)
+
+def run_benchmark(*args, **kwargs):
+    raise Failed() if sys.argv[1] == "error" else KeyboardInterrupt
+
+command.settings_from_args = lambda args: None
+command.run_benchmark = run_benchmark
+args = argparse.Namespace(out=Out("grid"), overwrite=False, retry_failed=False, threads=1)
+status = command._run(args)
+print(status, signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize(("outcome", "status", "line"), [
+    ("error", 2, "[mtl-lora-vl] error: --lr-grid: give positive learning rates"),
+    ("stop", 130, "[bench] Ctrl-C: stopped (exit status 130); rerun the same command to continue the grid (grid)"),
+])
+def test_a_sigterm_as_the_outcome_is_printed_leaves_it(tmp_path, outcome, status, line):
+    """Helper 543 (531's and 534's follow-up): ``bench``'s ``terminate_raises`` put SIGTERM's default handler back
+    before its ``[bench]`` / ``error:`` line was printed: a SIGTERM there (a scheduler's as the grid failed or stopped)
+    killed the command, -15, without its line, over a Ctrl-C's 130. As in ``run_command``, it is now ignored until the
+    command returns: the line and the status stand, and the default handler is back afterwards."""
+    repo = str(Path(mtl_lora_vl.__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, "-c", _REPORT_CHILD, outcome, repo], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == status, proc.stdout + proc.stderr
+    assert proc.stdout.split() == [str(status), "True"], proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [line], proc.stderr

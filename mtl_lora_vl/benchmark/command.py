@@ -6,7 +6,8 @@ Stop signals follow the trainer's rule (``training/stopping.py``): inside a run 
 boundary; anywhere else in the grid (between runs, writing ``settings.json``, a run's result or the report) a SIGTERM
 stops it as Ctrl-C does -- the file being written keeps its old content and its temporary is removed -- and a SIGTERM
 while a Ctrl-C's stop is on its way changes nothing. One ``[bench]`` line names the first signal, the command exits
-128 + its number (130 Ctrl-C, 143 SIGTERM), and rerunning the same command resumes the grid."""
+128 + its number (130 Ctrl-C, 143 SIGTERM), and rerunning the same command resumes the grid. A SIGTERM while that
+line, an error's or the failed runs' is printed is ignored (as ``run_command`` ignores it: the outcome stands)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 import torch
 
 from ..log import cli_logging, debug_tracebacks
-from ..training.stopping import RunStopped, terminate_raises
+from ..training.stopping import RunStopped, TerminateUntilDone, terminate_until_done
 from .bench import BenchDirError, run_benchmark
 from .cli import settings_from_args
 
@@ -38,8 +39,13 @@ def run(args: argparse.Namespace, level: str, logged: bool) -> int:
 
 
 def _run(args: argparse.Namespace, traceback: bool = False) -> int:
+    with terminate_until_done() as sigterm:   # the outcome's line and status below stand: a SIGTERM then is ignored
+        return _report(args, traceback, sigterm)   # (the default handler, put back first, killed it: -15, no line)
+
+
+def _report(args: argparse.Namespace, traceback: bool, sigterm: TerminateUntilDone) -> int:
     try:
-        with terminate_raises():   # SIGTERM outside the trainer's loop: stopped as Ctrl-C is (was killed outright,
+        with sigterm.working():   # SIGTERM outside the trainer's loop: stopped as Ctrl-C is (was killed outright,
             settings = settings_from_args(args)   # the temporary of the result or report being written left)
             results = run_benchmark(settings, os.path.expanduser(args.out), overwrite=args.overwrite,
                                     retry_failed=args.retry_failed, pretrained_as="--pretrained")

@@ -25,9 +25,10 @@ stop's status where a SIGTERM's Terminated cut into it; an error cut there by a 
 ``run_command`` reports the outcome (an error's line, a stop's status) with SIGTERM ignored
 (:class:`TerminateUntilDone`); one ignored there goes on to the caller's Python handler once that is back (an outer
 command's, a script's: :func:`terminate_until_done`), not to the default one (the process is exiting with the status).
-Not covered: ``bench``'s report after its ``terminate_raises`` puts the default handler back (a SIGTERM there ends the
-process: 143, without its line); before ``run_command`` sets its handler and after it returns, SIGTERM's default
-(nothing begun, or the process exiting).
+``bench`` reports its outcome the same way.
+Not covered: before ``run_command`` (or ``bench``) sets its handler and after it returns, SIGTERM's default (nothing
+begun, or the process exiting); as the work ends, until its ``terminate_raises`` has put the handler back, a SIGTERM
+is one "between those blocks" (above).
 """
 
 from __future__ import annotations
