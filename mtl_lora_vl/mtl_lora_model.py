@@ -402,7 +402,7 @@ class MTLLoRAModel(nn.Module):
     def _unrouted(self, error: BaseException) -> RoutingError | None:
         """Ours in place of Dynamo's ``error`` from a compiled call given no tasks (:func:`traced_routing_error`): with
         ``fullgraph=True`` the adapted layers' RoutingError, traced, became Dynamo's 'Observed exception'."""
-        return traced_routing_error(error, find_router(self._modules["base_model"]), "MTLLoRAModel (compiled)")
+        return traced_routing_error(error, self._modules["base_model"], "MTLLoRAModel (compiled)")
 
     def generate(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
                  **kwargs: Any) -> Any:

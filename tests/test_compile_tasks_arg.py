@@ -220,3 +220,16 @@ def test_a_fullgraph_compiled_call_that_breaks_for_another_reason_keeps_dynamos_
     _no_graphs()
     with pytest.raises(torch._dynamo.exc.Unsupported, match="print"):
         torch.compile(wrapped, backend="eager", fullgraph=True)(x)
+
+
+def test_a_fullgraph_graph_break_of_a_wrapper_whose_adapters_were_taken_out_keeps_dynamos_error():
+    """The wrapper looked its router up before asking whether Dynamo's error was our RoutingError: a graph break of
+    the model's own (a print) in a wrapper whose adapters ``unload()`` took out raised the look-up's RoutingError
+    ('_Printing has no MTL-LoRA adapters; call mtl_lora_vl.attach(model, config) first') in place of Dynamo's error
+    naming the print."""
+    model, x = _model("mtl_lora")
+    wrapped = MTLLoRAModel(_Printing(model.base_model))
+    wrapped.unload()
+    _no_graphs()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="print"):
+        torch.compile(wrapped, backend="eager", fullgraph=True)(x)
