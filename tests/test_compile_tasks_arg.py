@@ -233,3 +233,32 @@ def test_a_fullgraph_graph_break_of_a_wrapper_whose_adapters_were_taken_out_keep
     _no_graphs()
     with pytest.raises(torch._dynamo.exc.Unsupported, match="print"):
         torch.compile(wrapped, backend="eager", fullgraph=True)(x)
+
+
+class _RoutesItself(torch.nn.Module):
+    """A model whose forward opens the route of its adapted net itself, for ``task``."""
+
+    def __init__(self, net: torch.nn.Module, task: str):
+        super().__init__()
+        self.net, self.task = net, task
+
+    def forward(self, x):
+        with mlv.route(self.net, self.task):
+            return self.net(x)
+
+
+def test_a_fullgraph_compiled_call_refused_for_another_routing_error_keeps_it():
+    """Any RoutingError Dynamo observed with no route open was replaced by 'no task was given': a model routing
+    itself to an unknown task ('nope'), eagerly 'route: unknown task 'nope'', was told to pass tasks=[...]. Only the
+    adapted layers' 'no task was given' (``NoTaskGiven``) is replaced; the other stays Dynamo's error, which names
+    it."""
+    model, x = _model("mtl_lora")
+    wrapped = MTLLoRAModel(_RoutesItself(model.base_model, "nope"))
+    with pytest.raises(mlv.RoutingError, match="unknown task 'nope'"):
+        wrapped(x)
+    _no_graphs()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="unknown task 'nope'"):
+        torch.compile(wrapped, backend="eager", fullgraph=True)(x)
+    wrapped.base_model.task = "vqa"
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(wrapped, backend="eager", fullgraph=True)(x), wrapped(x))

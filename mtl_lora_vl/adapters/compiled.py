@@ -25,7 +25,7 @@ import torch._dynamo
 from torch import nn
 
 from ..log import warn_user
-from .routing import Route, Router, RoutingError, find_router
+from .routing import NoTaskGiven, Route, Router, RoutingError, find_router
 
 #: The attribute of a router holding the (present tasks, mode) pairs its compiled models' calls ran.
 _NOTED = "compiled_task_sets"
@@ -63,14 +63,14 @@ def skip_top_frame(function: Any) -> bool:
 def traced_routing_error(error: BaseException, model: nn.Module, call: str) -> RoutingError | None:
     """The RoutingError to raise in place of Dynamo's ``error`` where a compiled call of ``model`` with
     ``fullgraph=True`` that no task was given for (its router without a route, a scope's or the call's own) failed as
-    Dynamo traced it: the adapted layers' 'no task was given' became Dynamo's 'Observed exception' (``Unsupported``,
-    which names our error only in its debug context), where a call without ``fullgraph`` runs the frame eagerly and
-    raises ours. ``call`` names the call in the message. None where ``error`` is anything else (the router is looked
-    up only after: a model whose adapters were taken out, or one holding several, keeps Dynamo's error, not a
-    RoutingError of the look-up's), the router has a route (another RoutingError: Dynamo's is kept), or this torch
-    does not tell which exception it observed (the private ``torch._dynamo.exc.observed_exception_map``): the caller
-    re-raises ``error``."""
-    observed = getattr(getattr(torch._dynamo, "exc", None), "observed_exception_map", {}).get(RoutingError)
+    Dynamo traced it: the adapted layers' 'no task was given' (:class:`.routing.NoTaskGiven`) became Dynamo's
+    'Observed exception' (``Unsupported``, which names our error only in its debug context), where a call without
+    ``fullgraph`` runs the frame eagerly and raises ours. ``call`` names the call in the message. None where ``error``
+    is anything else (another RoutingError, e.g. a refused task of a route the model opens itself, keeps Dynamo's,
+    which names it), where the router cannot be found (adapters taken out, several models adapted: looked up only
+    once the cause is ours), where it has a route, or where this torch does not tell which exception it observed (the
+    private ``torch._dynamo.exc.observed_exception_map``): the caller re-raises ``error``."""
+    observed = getattr(getattr(torch._dynamo, "exc", None), "observed_exception_map", {}).get(NoTaskGiven)
     if observed is None or not isinstance(error.__cause__, observed):
         return None
     try:
@@ -79,9 +79,9 @@ def traced_routing_error(error: BaseException, model: nn.Module, call: str) -> R
         return None
     if router.current is not None or router.disabled or router.merged_task is not None or len(router.tasks) < 2:
         return None
-    return RoutingError(f"{call}: the adapters serve {len(router.tasks)} tasks {router.tasks} but no task was given "
-                        "(Dynamo, tracing the compiled call with fullgraph=True, calls this an 'Observed exception'); "
-                        "pass each row's task, model(..., tasks=[...]), or call it inside `with model.route(tasks):`")
+    return NoTaskGiven(f"{call}: the adapters serve {len(router.tasks)} tasks {router.tasks} but no task was given "
+                       "(Dynamo, tracing the compiled call with fullgraph=True, calls this an 'Observed exception'); "
+                       "pass each row's task, model(..., tasks=[...]), or call it inside `with model.route(tasks):`")
 
 
 def _top_frame_skipped(model: nn.Module) -> bool:

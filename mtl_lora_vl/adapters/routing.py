@@ -38,6 +38,11 @@ class RoutingError(RuntimeError):
     """A forward pass could not tell which task's adapters to use, or was told inconsistently."""
 
 
+class NoTaskGiven(RoutingError):
+    """The RoutingError of an adapted layer run with no route while the adapters serve several tasks (its own type:
+    a compiled call's is told from any other RoutingError Dynamo observed, :func:`.compiled.traced_routing_error`)."""
+
+
 class Route:
     """What one forward pass is routed to (immutable; host-side ints, plus an optional ids tensor).
 
@@ -386,7 +391,7 @@ class Router:
                     "hide the route's: open them outside it, or run the checkpointed forward inside a route scope "
                     "(one opened with recompute=True, the default)"
                 )
-            raise RoutingError(
+            raise NoTaskGiven(
                 f"{layer_name}: the adapters serve {len(self.tasks)} tasks {self.tasks} but no task was "
                 "given; wrap the forward pass in `with mtl_lora_vl.route(model, task_or_ids):`"
             )
