@@ -394,7 +394,7 @@ class MTLLoRAModel(nn.Module):
                 error = self._unrouted(e)
                 if error is None:
                     raise
-                raise error from None
+                raise error from e   # (Dynamo's, kept: the layer and the user code it traced)
         with self._routed(tasks, adapter_names) if eager else self._routed_eagerly(tasks, adapter_names):
             return self.base_model(*args, **kwargs)
 

@@ -192,8 +192,11 @@ def test_a_fullgraph_compiled_call_given_no_task_raises_the_routing_error(in_pla
         model.compile(backend="eager", fullgraph=True)
     compiled = model if in_place else torch.compile(model, backend="eager", fullgraph=True)
     with torch.no_grad():
-        with pytest.raises(mlv.RoutingError, match=r"no task was given.*tasks=\[\.\.\.\]"):
+        with pytest.raises(mlv.RoutingError, match=r"no task was given.*tasks=\[\.\.\.\]") as raised:
             compiled(x)
+        # Dynamo's error stays its cause (raised `from None`, the traceback lost which layer and user code it traced)
+        assert isinstance(raised.value.__cause__, torch._dynamo.exc.Unsupported)
+        assert "blocks.0.fc1" in str(raised.value.__cause__)
         with model.route("vqa"):
             want = model.base_model(x)
             got = compiled(x)
