@@ -99,9 +99,9 @@ def cached_hub_snapshots(repo_id: str, cache: Path | None = None) -> dict[Path, 
     """Every snapshot folder of model ``repo_id`` in the local hub cache (``cache``, else :func:`hf_hub_cache`:
     ``models--ORG--NAME/snapshots/<commit>``), each with the refs that name its commit (``main``, a tag, ``pr/1``),
     sorted by folder; empty when none is there."""
-    if not is_hub_id(repo_id):
+    repo = _repo_folder(repo_id, cache)
+    if repo is None:
         return {}
-    repo = (cache or hf_hub_cache()) / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo / "snapshots"
     found = {f: [] for f in sorted(snapshots.iterdir()) if f.is_dir()} if snapshots.is_dir() else {}
     refs = repo / "refs"
@@ -112,6 +112,22 @@ def cached_hub_snapshots(repo_id: str, cache: Path | None = None) -> dict[Path, 
     return found
 
 
+def _repo_folder(repo_id: str, cache: Path | None = None) -> Path | None:
+    """The folder of model ``repo_id`` in the hub cache (``cache``, else :func:`hf_hub_cache`), named as
+    ``huggingface_hub`` names it (``file_download.repo_folder_name``: ``models--ORG--NAME``); None for an id it refuses
+    (longer than 96 characters, ending in ``.`` or ``.git``: never cached) or without ``huggingface_hub``."""
+    if not is_hub_id(repo_id):
+        return None
+    try:
+        from huggingface_hub.file_download import repo_folder_name
+    except ImportError:
+        return None
+    try:
+        return (cache or hf_hub_cache()) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    except ValueError:   # (HFValidationError: an id the hub refuses)
+        return None
+
+
 def hub_id_snapshot(repo_id: str) -> Path | None:
     """The snapshot of model ``repo_id`` in the local hub cache that the id alone names: ``main``'s, else, where the
     cache has no ``main`` of it, its one snapshot there (``snapshot_download(id, revision="v1")`` writes
@@ -120,7 +136,7 @@ def hub_id_snapshot(repo_id: str) -> Path | None:
     snapshot = cached_hub_snapshot(repo_id)
     if snapshot is not None or not is_hub_id(repo_id):
         return snapshot
-    if (hf_hub_cache() / ("models--" + repo_id.replace("/", "--")) / "refs" / "main").is_file():
+    if (repo := _repo_folder(repo_id)) is not None and (repo / "refs" / "main").is_file():
         return None   # (main names a commit not cached: not another revision in its place)
     snapshots = cached_hub_snapshots(repo_id)
     if len(snapshots) <= 1:
