@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
+from huggingface_hub import constants as hf_constants
 from qwen_tiny import save_tiny_qwen2vl
 from test_qwen2vl_backbone import _tiny_sized
 from transformers.utils import logging as hf_logging
@@ -110,23 +112,42 @@ def _hub_cache(root, commit=HUB_COMMIT, seed=0, longest_edge=None):
     return snapshot
 
 
-@pytest.mark.parametrize(("cached", "told"), [("commit", False), ("one snapshot", False), ("wider", True),
-                                              ("not cached", True), ("two snapshots", True), ("other weights", True)])
+@pytest.mark.parametrize(("cached", "told"), [
+    ("commit", False), ("one snapshot", False), ("wider", True), ("not cached", True),
+    ("two snapshots, main", False), ("two snapshots, no main", True), ("other weights", True),
+    ("other weights, the model's in the next cache", False), ("no safetensors", True), ("broken link", True)])
 def test_a_hub_id_qwen2vl_models_note_is_read_off_its_snapshot_in_the_local_hub_cache(tmp_path, monkeypatch, caplog,
                                                                                        cached, told):
     """A Qwen2-VL loaded by hub id (``name_or_path`` 'org/tiny-qwen') was told 'load the base model's processor with
     min_pixels=1024, max_pixels=1024' though that id's snapshot in the local hub cache, its files, reads exactly so
     (7797b07 read the folder a model was loaded from only). The snapshot is read where it is known for sure: the
-    commit the config records, else the id's one snapshot, holding the model's weights. A snapshot whose processor
-    reads more, an id not cached, two snapshots and no commit recorded, or a snapshot of other weights: told."""
+    commit the config records, else the id's one snapshot, else ``main``'s, holding the model's weights. A snapshot
+    whose processor reads more, an id not cached, two snapshots and no commit or ``main``, or a snapshot of other
+    weights: told. Helper 546: ``main`` among older snapshots (no commit recorded, as transformers 5.18+ records
+    none) was told though ``main``'s is what ``from_pretrained(id)`` loads; a first cache whose one snapshot holds
+    other weights was not passed over for the next cache holding the model's; a snapshot with no safetensors file,
+    or whose weights file is a broken link, passed the weights check as "nothing to compare"."""
     hub = tmp_path / "hub"
     hub.mkdir()
     folder = save_tiny_qwen2vl(tmp_path / "q")
-    if cached != "not cached":
-        wider = 1_000_000 if cached == "wider" else None
-        _hub_cache(hub, seed=1 if cached == "other weights" else 0, longest_edge=wider)
-    if cached == "two snapshots":
+    if cached.startswith("two snapshots"):   # (an older revision whose processor reads more, then main's)
+        _hub_cache(hub, longest_edge=1_000_000)
         _hub_cache(hub, commit="f" * 40)
+        if cached.endswith("no main"):
+            (hub / "models--org--tiny-qwen" / "refs" / "main").unlink()
+    elif cached != "not cached":
+        wider = 1_000_000 if cached == "wider" else None
+        snapshot = _hub_cache(hub, seed=1 if cached == "other weights" else 0, longest_edge=wider)
+        weights = snapshot / "model.safetensors"
+        assert weights.is_file()
+        if cached in ("no safetensors", "broken link"):
+            weights.unlink()
+        if cached == "broken link":   # (as huggingface_hub links it, its blob gone)
+            weights.symlink_to(Path("..", "..", "blobs", "0" * 64))
+    if cached.endswith("next cache"):   # (the cache huggingface_hub read at import, then the environment's)
+        first = tmp_path / "first"
+        _hub_cache(first, seed=1)
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(first))
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = _qwen_model(folder)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,23 +28,32 @@ def loaded_from(model: nn.Module) -> Path | None:
 
 
 def hub_snapshot(model: nn.Module) -> Path | None:
-    """The snapshot in the local hub cache (:func:`~..backbones.cache.hub_caches`) that a model loaded by hub id was
-    loaded from, where that is known without doubt: the commit its config records (``_commit_hash``), else the one
-    snapshot of the id in the first cache holding any; and its weights are the model's (:func:`_other_weights`).
-    None otherwise: a model loaded from a folder or built from a config, an id not cached, several snapshots and no
-    commit recorded, another snapshot's weights (the model came from another cache or revision). Nothing is warned
-    or refused: what a note may rest on (no network)."""
+    """The snapshot in the local hub caches (:func:`~..backbones.cache.hub_caches`, in order) that a model loaded by
+    hub id was loaded from, where that is known without doubt: in the first cache whose snapshot of the id -- the
+    commit its config records (``_commit_hash``), else its one snapshot there, else ``main``'s (what
+    ``from_pretrained(id)`` loads, as :func:`source_folder` takes it) -- holds the model's weights
+    (:func:`_weights_match`); a cache whose snapshot holds others is passed over for the next. None otherwise: a
+    model loaded from a folder or built from a config, an id not cached, no commit recorded and several snapshots
+    but no ``main`` in a cache (which one was loaded is not known), no snapshot known to hold the model's weights
+    (other values, or none read and compared: no safetensors file, a broken link). Nothing is warned or refused:
+    what a note may rest on (no network)."""
     name = getattr(model, "name_or_path", "") or ""
     if not is_hub_id(name) or loaded_from(model) is not None:
         return None
-    caches = hub_caches()
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-    if commit:
-        snapshot = next((s for s in (cached_hub_snapshot(name, commit, c) for c in caches) if s is not None), None)
-    else:
-        snapshots = next((found for found in (cached_hub_snapshots(name, c) for c in caches) if found), {})
-        snapshot = next(iter(snapshots)) if len(snapshots) == 1 else None
-    return snapshot if snapshot is not None and _other_weights(model, snapshot) is None else None
+    for cache in hub_caches():
+        if commit:
+            snapshot = cached_hub_snapshot(name, commit, cache)
+        else:
+            snapshots = cached_hub_snapshots(name, cache)
+            if not snapshots:
+                continue
+            snapshot = next(iter(snapshots)) if len(snapshots) == 1 else cached_hub_snapshot(name, cache=cache)
+            if snapshot is None:
+                return None   # (several and no main: which one the model was loaded at is not known)
+        if snapshot is not None and _weights_match(model, snapshot):
+            return snapshot
+    return None
 
 
 def source_folder(model: nn.Module, out: str | Path) -> Path | None:
@@ -139,16 +149,41 @@ def _loaded_snapshot(model: nn.Module, name: str, out: str | Path, caches: list[
                      f"differ: {listed}. Which one it was loaded at cannot be known; {advice}")
 
 
-def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | None:
-    """The name of a weight that ``model`` holds under the name and shape of one in ``snapshot``'s safetensors files
-    (the name ``from_pretrained`` loads it under: :func:`_loaded_name`) but with other values (the first row of each
-    is compared, at most ``most`` weights: read from the files' headers and those rows alone; :func:`_same_values`),
-    else None: the same values, or none to compare (no safetensors file, weights whose values transformers converts
-    on loading, a quantized or offloaded model's, a float8 file's dequantized on loading)."""
+class _Compared(NamedTuple):
+    """What :func:`_compare_weights` found: the first weight of other values (None: none), how many were compared
+    alike, and whether a safetensors file could not be read (a broken link, a file cut short)."""
+
+    differing: str | None
+    same: int
+    unreadable: bool
+
+
+def _other_weights(model: nn.Module, snapshot: Path) -> str | None:
+    """The name of a weight of ``model`` whose values in ``snapshot``'s safetensors files are others
+    (:func:`_compare_weights`), else None: the same values, or none to compare."""
+    return _compare_weights(model, snapshot).differing
+
+
+def _weights_match(model: nn.Module, snapshot: Path) -> bool:
+    """Whether ``snapshot``'s safetensors files are known to hold ``model``'s weights: each file read, some weight
+    compared and none differing (:func:`_compare_weights`). No readable safetensors file, a broken link among them,
+    or nothing comparable (weights transformers converts on loading, a quantized model's, ``.bin`` files only):
+    not known, False."""
+    found = _compare_weights(model, snapshot)
+    return found.differing is None and found.same > 0 and not found.unreadable
+
+
+def _compare_weights(model: nn.Module, snapshot: Path, most: int = 256) -> _Compared:
+    """``model``'s weights against those of ``snapshot``'s safetensors files under their name and shape (the name
+    ``from_pretrained`` loads each under: :func:`_loaded_name`; the first row of each is compared, at most ``most``
+    weights: read from the files' headers and those rows alone; :func:`_same_values`), stopping at the first of other
+    values. Not compared: weights whose values transformers converts on loading, a quantized or offloaded model's,
+    a float8 file's dequantized on loading; a file that cannot be read is marked so and passed over."""
     state = model.state_dict()
     loaded_name = _loaded_name(model, state)
-    compared = 0
-    for f in sorted(snapshot.glob("*.safetensors")):
+    files = sorted(snapshot.glob("*.safetensors"))
+    compared, unreadable = 0, any(not f.is_file() for f in files)   # (a broken link: its blob not there)
+    for f in files:
         try:
             with safe_open(str(f), framework="pt") as sf:
                 for key in sf.keys():
@@ -164,13 +199,13 @@ def _other_weights(model: nn.Module, snapshot: Path, most: int = 256) -> str | N
                     if same is None:
                         continue
                     if not same:
-                        return name
+                        return _Compared(name, compared, unreadable)
                     compared += 1
                     if compared >= most:
-                        return None
+                        return _Compared(None, compared, unreadable)
         except (OSError, RuntimeError, ValueError, SafetensorError):   # (a file not readable: nothing to judge by)
-            continue
-    return None
+            unreadable = True
+    return _Compared(None, compared, unreadable)
 
 
 def _same_values(theirs: torch.Tensor, own: torch.Tensor) -> bool | None:
