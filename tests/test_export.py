@@ -759,29 +759,38 @@ def test_a_float8_base_is_refused_by_name_before_any_weight_is_written(fold, tmp
 class _NoFloat64OnDevices(TorchFunctionMode):
     """CPU faking a device that holds no float64, as MPS does (``refuses="move"``: a float64 tensor moved to a device,
     ``.to(device)``, raises its TypeError; casts on the host, ``.to(dtype=)``, pass) or as an Intel Arc GPU under XPU
-    does (``refuses="kernel"``: a float64 matrix product raises its RuntimeError). ``refused`` counts them."""
+    does (``refuses="kernel"``: a float64 matrix product raises its RuntimeError). ``error``: what is raised in
+    their place (DirectML's, or a pending CUDA error's). ``refused`` counts them."""
 
-    def __init__(self, refuses: str) -> None:
+    def __init__(self, refuses: str, error: Exception | None = None) -> None:
         super().__init__()
         self.refuses, self.refused = refuses, 0
+        self.error = error or (TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't "
+                                         "support float64. Please use float32 instead.") if refuses == "move" else
+                               RuntimeError("Required aspect fp64 is not supported on the device"))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         wide = any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args)
         if self.refuses == "kernel" and func in (torch.Tensor.matmul, torch.matmul) and wide:
             self.refused += 1
-            raise RuntimeError("Required aspect fp64 is not supported on the device")
+            raise self.error
         out = func(*args, **kwargs)
         moved = "device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args[1:])
         if (self.refuses == "move" and func is torch.Tensor.to and moved and isinstance(out, torch.Tensor)
                 and out.dtype == torch.float64):
             self.refused += 1
-            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64")
+            raise self.error
         return out
 
 
-@pytest.mark.parametrize("refuses", ["move", "kernel"])
-def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path, refuses):
+_DIRECTML = RuntimeError("The GPU device does not support Double (Float64) operations!")
+_NO_KERNEL = RuntimeError('"addmm_impl_xpu_" not implemented for \'Double\'')
+
+
+@pytest.mark.parametrize(("refuses", "error"), [("move", None), ("kernel", None), ("kernel", _DIRECTML),
+                                                ("kernel", _NO_KERNEL)])
+def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path, refuses, error):
     """Helper 513: a float64 model's plain export keeps its fp64 pair, and apply_plain_lora moved it to the weight's
     device as float64 to multiply there: on Apple's MPS (no float64) folding such a file into an fp32 model raised
     TypeError. _holds_float64 then knew MPS by name only (Intel Arc GPUs under XPU, DirectML on them, lack float64
@@ -792,7 +801,7 @@ def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path
     model, path = _float64_plain_export(tmp_path)
     pairs = load_file(path / PLAIN_WEIGHTS)
     wide = apply_plain_lora(_seeded_pair(), path)
-    fake = _NoFloat64OnDevices(refuses)
+    fake = _NoFloat64OnDevices(refuses, error)
     with fake:
         narrow = apply_plain_lora(_seeded_pair(), path)
         assert fake.refused == 1
@@ -805,3 +814,22 @@ def test_a_float64_plain_lora_folds_in_fp32_on_a_device_without_float64(tmp_path
         assert torch.equal(again[i].weight, narrow[i].weight)
         differ += int(not torch.equal(narrow[i].weight, wide[i].weight))
     assert differ   # (fp32 and fp64 products round apart somewhere: the fp32 fold was taken)
+
+
+_CUDA_ASSERT = RuntimeError("CUDA error: device-side assert triggered\nCUDA kernel errors might be asynchronously "
+                            "reported at some other API call, so the stacktrace below might be incorrect.")
+
+
+@pytest.mark.parametrize(("refuses", "error"), [("kernel", _CUDA_ASSERT), ("move", _CUDA_ASSERT),
+                                                ("move", TypeError("to() received an invalid combination of "
+                                                                   "arguments"))])
+def test_a_float64_probe_raises_an_error_that_does_not_say_no_float64(tmp_path, refuses, error):
+    """Helper 546: the float64 probe caught any TypeError or RuntimeError as "no float64", so a pending CUDA error
+    (a device-side assert of an earlier kernel, reported at the probe's move or product) was swallowed and the fold
+    done in fp32 on a device in an error state. Only errors that say the device has no float64 (MPS', XPU's,
+    DirectML's, a missing Double kernel's: the test above) mean that; any other is raised as it is."""
+    _, path = _float64_plain_export(tmp_path)
+    fake = _NoFloat64OnDevices(refuses, error)
+    with fake, pytest.raises(type(error)) as raised:
+        apply_plain_lora(_seeded_pair(), path)
+    assert raised.value is error and fake.refused == 1

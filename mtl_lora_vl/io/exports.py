@@ -354,14 +354,28 @@ def _holds_float64(device: torch.device, known: dict[torch.device, bool]) -> boo
     device in ``known`` (the caller's, for one call: nothing is kept across calls). Devices without float64 fail
     that: Apple's MPS refuses the move (TypeError), Intel's Arc A-series GPUs under XPU (no fp64 units, where the
     Data Center Max and Arc B-series have them) the kernel ("Required aspect fp64 is not supported on the device"),
-    DirectML on such GPUs too (RuntimeError); a device whose answer is wrong counts as one without."""
+    DirectML on such GPUs too (RuntimeError); a device whose answer is wrong counts as one without. Any other error
+    (:func:`_no_float64_error`: a pending CUDA error such as a device-side assert, out of memory) is raised: the fold
+    is not done in fp32 over it."""
     if device not in known:
         try:
             one = torch.ones(1, 1, dtype=torch.float64).to(device)
             known[device] = bool((one @ one).item() == 1.0)
-        except (TypeError, RuntimeError):
+        except (TypeError, RuntimeError) as e:
+            if not _no_float64_error(e):
+                raise
             known[device] = False
     return known[device]
+
+
+def _no_float64_error(error: Exception) -> bool:
+    """Whether ``error`` says its device has no float64: it names the dtype (double, fp64, float64) and says it is not
+    supported or implemented there -- MPS' "Cannot convert a MPS Tensor to float64 dtype as the MPS framework
+    doesn't support float64", XPU's "Required aspect fp64 is not supported on the device", DirectML's "The GPU device
+    does not support Double (Float64) operations!", a backend's '"mm" not implemented for 'Double''."""
+    text = str(error).lower()
+    return (any(word in text for word in ("double", "fp64", "float64"))
+            and any(word in text for word in ("support", "not implemented")))
 
 
 # ---------------------------------------------------------------------------------------------- merged
