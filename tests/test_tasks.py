@@ -36,6 +36,7 @@ from mtl_lora_vl.tasks import (
 from mtl_lora_vl.tasks import registry as registry_mod
 from mtl_lora_vl.tasks.captioning import caption_references, caption_token_loss
 from mtl_lora_vl.tasks.classification import ClassifierHead
+from mtl_lora_vl.tasks.nlvr import PairHead
 from mtl_lora_vl.tasks.retrieval import RetrievalHead, multi_positive_infonce, retrieval_texts
 from mtl_lora_vl.tasks.vqa import VQAHead
 
@@ -927,6 +928,25 @@ def test_a_vqa_head_a_user_cast_to_bf16_still_scores():
         assert head(img.bfloat16(), txt.bfloat16()).dtype == torch.float32
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, ref, rtol=0.05, atol=0.5)   # bf16 weights at logit scale 100
+
+
+def test_an_nlvr_pair_head_scores_in_fp32_inside_autocast_and_in_its_own_dtype_where_cast():
+    """Helper 546: nlvr's PairHead ran under a training step's autocast (its MLP in bf16: bf16 logits, unlike the
+    other heads, which read the features in fp32 with autocast off: precision.HEAD_DTYPE's rule) and did not cast its
+    input to its weights' dtype as VQA's head does (a head cast to bf16: "mat1 and mat2 must have the same dtype").
+    bf16 features under CPU autocast now give the fp32 logits of those features read in fp32, bit for bit; a bf16
+    head scores, its logits fp32."""
+    torch.manual_seed(0)
+    head = PairHead(64, images=2, hidden=32)
+    img, txt = torch.randn(8, 2, 64).bfloat16(), torch.randn(8, 64).bfloat16()
+    ref = head(img.float(), txt.float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = head(img, txt)
+    assert ref.dtype == got.dtype == torch.float32, got.dtype
+    assert torch.equal(got, ref)
+    cast = head.to(torch.bfloat16)(img.float(), txt.float())
+    assert cast.dtype == torch.float32
+    torch.testing.assert_close(cast, ref, rtol=0.05, atol=0.05)   # (bf16 weights)
 
 
 def test_a_task_name_of_64_characters_loads(tmp_path):

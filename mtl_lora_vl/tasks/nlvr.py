@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtl_lora_vl.adapters.rows import autocast_off
 from mtl_lora_vl.backbones.base import TEXT_EMBEDDINGS, Backbone, BackboneError
 from mtl_lora_vl.data.records import Example, Split, image_count, image_parts
 from mtl_lora_vl.distributed import map_shards
@@ -52,7 +53,9 @@ from mtl_lora_vl.tasks.spec import TaskSpec
 
 
 class PairHead(nn.Module):
-    """``(image_emb (n, k, D), text_emb (n, D)) -> (n, 2)`` logits (false, true) of a statement about k images."""
+    """``(image_emb (n, k, D), text_emb (n, D)) -> (n, 2)`` fp32 logits (false, true) of a statement about k images,
+    the features read in fp32 with autocast off, as every head reads them (:data:`~mtl_lora_vl.precision.HEAD_DTYPE`),
+    and the MLP run in its parameters' dtype."""
 
     def __init__(self, dim: int, images: int, hidden: int) -> None:
         super().__init__()
@@ -65,9 +68,11 @@ class PairHead(nn.Module):
         if image_emb.dim() != 3 or image_emb.shape[1] != self.images:
             raise ValueError(f"PairHead: expected image embeddings (rows, {self.images}, dim), got "
                              f"{tuple(image_emb.shape)}")
-        img = F.normalize(image_emb.float(), dim=-1)
-        t = F.normalize(text_emb.float(), dim=-1)
-        return self.net(torch.cat([img.flatten(1), t, (img * t[:, None]).flatten(1)], dim=-1))
+        with autocast_off(image_emb.device.type):   # fp32 inside a training step's autocast too (as in evaluation)
+            img = F.normalize(image_emb.float(), dim=-1)
+            t = F.normalize(text_emb.float(), dim=-1)
+            pair = torch.cat([img.flatten(1), t, (img * t[:, None]).flatten(1)], dim=-1)
+            return self.net(pair.to(self.net[0].weight.dtype)).float()   # (a head a user cast: in its own dtype)
 
 
 @register_kind("nlvr")
