@@ -31,7 +31,8 @@ __all__ = ["Pretrained", "load_pretrained"]
 
 @dataclass
 class Pretrained:
-    """What ``load_pretrained`` returns; unpacks as ``backbone, heads, config``.
+    """What ``load_pretrained`` returns; unpacks as ``backbone, heads, config``, and indexes as that tuple
+    (``load_pretrained(path)[0]`` is the backbone).
 
     ``specs`` holds the saved task specs (parsed), ``kinds`` the task kinds rebuilt from them (only with
     ``heads=True``), ``doc`` the parsed adapter config (``mtl_lora_config.json``).
@@ -46,6 +47,21 @@ class Pretrained:
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.backbone, self.heads, self.config))
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: Any) -> Any:
+        """``result[0]`` / ``[1]`` / ``[2]`` (and slices) as the tuple it unpacks into: backbone, heads, config."""
+        try:
+            return (self.backbone, self.heads, self.config)[index]
+        except IndexError:
+            raise IndexError(f"load_pretrained's result holds 3 values (backbone, heads, config), got index {index}; "
+                             "read .kinds, .specs and .doc by name") from None
+        except TypeError:
+            raise TypeError(f"load_pretrained's result is indexed as (backbone, heads, config) by 0, 1 or 2, got "
+                            f"{index!r}; read the fields by name: .backbone, .heads, .config, .kinds, .specs, .doc"
+                            ) from None
 
 
 def load_pretrained(
