@@ -41,6 +41,7 @@ from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
 from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig, check_task_file_names, task_file_problem
+from ..log import warn_user
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from ..whole_files import FileTooLarge, read_whole
 from ..wording import agree, tasks_named
@@ -107,6 +108,21 @@ def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
         except (ValueError, OSError):   # (open_clip:DIR of a folder not there: FileNotFoundError, as base_paths)
             pass  # not a backbone string this package parses, or its folder is not here: keep it as the caller wrote it
     return base
+
+
+def _warn_unknown_base(base: dict[str, Any]) -> None:
+    """Warn where ``base['backbone']`` is no spec ``load_pretrained`` can build (``'builtn'``, a folder without its
+    prefix; it was caught only on loading): saved as written. A known prefix's spec may load elsewhere: unwarned."""
+    spec = base.get("backbone")
+    if spec is None or (isinstance(spec, str) and spec.strip().startswith(("open_clip:", "hf:"))):
+        return
+    try:
+        parse_spec(spec)
+    except (ValueError, OSError) as e:
+        why = str(e).split("; accepted forms")[0]
+        warn_user(f"save_adapter: base['backbone'] = {spec!r} is no backbone load_pretrained can build ({why}); it "
+                  "is saved as written, and loading it will need backbone=...; save again with a spec such as "
+                  "'builtin', 'builtin-llava', 'open_clip:NAME', 'open_clip:/path/to/dir' or 'hf:/path/to/dir'")
 
 
 def base_paths(base: dict[str, Any], backbone: str | None = None,
@@ -237,6 +253,7 @@ def save_adapter(
         json.dumps(base)
     except (TypeError, ValueError) as e:
         raise ValueError(f"save_adapter: base must be JSON-serialisable, e.g. {{'backbone': 'builtin'}}: {e}") from e
+    _warn_unknown_base(base)
 
     if overwrite:
         _check_replaceable(Path(path), base, roots)
