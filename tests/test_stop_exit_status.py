@@ -7,6 +7,7 @@ ignored: the clean-up runs whole, and the error (its message, its status) or the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from test_train import small_specs
 
-from mtl_lora_vl.cli import train_main
+from mtl_lora_vl.cli import commands, train_main
 from mtl_lora_vl.cli.commands import run_command
 from mtl_lora_vl.training import cleanup as cleanup_module
 from mtl_lora_vl.training import train as train_module
@@ -468,3 +469,27 @@ def test_a_sigterm_ignored_as_a_command_reports_reaches_the_caller_s_handler(cap
     finally:
         signal.signal(signal.SIGTERM, before)
     assert capfd.readouterr().err.splitlines() == ["[mtl-lora-vl] error: --lr -1: give a positive learning rate"]
+
+
+def test_a_sigterm_before_the_command_s_work_begins_stops_it_with_its_line(monkeypatch, capfd):
+    """Helper 548: ``run_command``'s SIGTERM handler raised ``Terminated`` from the moment it was set, before the
+    ``try`` that reports it: a SIGTERM as the command's logging was set up escaped the command (a ``Terminated``
+    traceback, exit 1 from a script). It now waits for the work to begin and stops it there: 143 and its line."""
+    real = commands.cli_logging
+
+    @contextlib.contextmanager
+    def logging_with_a_sigterm(level):
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(signal.SIGTERM)
+        with real(level) as log:
+            yield log
+
+    monkeypatch.setattr(commands, "cli_logging", logging_with_a_sigterm)
+    ran: list[int] = []
+    try:
+        status = run_command("warning", lambda: ran.append(1))
+    except KeyboardInterrupt as e:   # (Terminated: escaped the command)
+        status = type(e).__name__
+    assert (status, ran) == (143, [])
+    assert capfd.readouterr().err.splitlines() == ["[mtl-lora-vl] warning: SIGTERM: stopped at once (exit status 143)"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -135,25 +135,33 @@ def _raise_terminated(signum: int, frame: object) -> None:  # noqa: ARG001
 
 class TerminateUntilDone:
     """A command's SIGTERM handler (``run_command``'s, ``bench``'s; set by :func:`terminate_until_done`):
-    :class:`Terminated` while its work runs, ignored once ``done`` is set -- as the work ends, however it ends -- so
+    :class:`Terminated` as its work runs, ignored once ``done`` is set -- as the work ends, however it ends -- so
     that its outcome (an error's line and status, a stop's status, 0) is reported whole; the default handler, put back
     as the command returns, had killed the process there (143, without the error's line, over a Ctrl-C's 130). One
-    ignored is noted (``ignored``), for the handler put back after it."""
+    that comes before the work begins (the command's logging being set up) waits for it (``waiting``): the work is
+    stopped as it begins, inside the ``try`` that reports it (raised where it came, it escaped the command: a
+    traceback, exit 1). One ignored is noted (``ignored``), for the handler put back after it."""
 
     def __init__(self) -> None:
         self.done = False
+        self.waiting = False
         self.ignored = False
 
     def __call__(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        if not self.done:
-            raise Terminated
-        self.ignored = True
+        if self.done:
+            self.ignored = True
+        else:   # (while the work runs its terminate_raises is the handler: here it has not begun, or is beginning)
+            self.waiting = True
 
     @contextlib.contextmanager
     def working(self) -> Iterator[None]:
-        """The command's work: under :func:`terminate_raises`, and ``done`` once it ends, however it ends."""
+        """The command's work: under :func:`terminate_raises`, and ``done`` once it ends, however it ends; a SIGTERM
+        that came before it (``waiting``) stops it at once (:class:`Terminated`)."""
         with terminate_raises():
             try:
+                if self.waiting:   # (checked once terminate_raises is set: one that came as it was set is seen)
+                    self.waiting = False
+                    raise Terminated
                 yield
             finally:
                 self.done = True
@@ -171,8 +179,8 @@ def terminate_until_done() -> Iterator[TerminateUntilDone]:
     try:
         with handlers_set({signal.SIGTERM: sigterm}):
             yield sigterm
-    finally:
-        if sigterm.ignored and callable(signal.getsignal(signal.SIGTERM)):
+    finally:   # (``waiting``: the work never began, its set-up failed)
+        if (sigterm.ignored or sigterm.waiting) and callable(signal.getsignal(signal.SIGTERM)):
             signal.raise_signal(signal.SIGTERM)
 
 
