@@ -200,12 +200,18 @@ def all_ready(info: DistInfo, error: BaseException | None = None) -> None:
     """Every rank says whether its start-up failed (``error``) before any of them writes: a rank re-raises its
     own error, and the others raise too when any rank failed (rank 0 would otherwise go on to replace an
     ``--overwrite`` run and then wait for a rank that had stopped). Every rank must call it. A failed start-up
-    destroys the process group on every rank (NCCL warns of one left undestroyed at exit)."""
-    failed = max_over_ranks(info.rank + 1 if error is not None else 0, info)   # (the last failed rank, from 1)
+    destroys the process group on every rank (NCCL warns of one left undestroyed at exit). A rank stopped by a signal
+    (``error`` a ``KeyboardInterrupt``: Ctrl-C, SIGTERM's ``Terminated``) is named as stopped, not as failed: it prints
+    no error to say why (a Ctrl-C nothing at all)."""
+    stopped = isinstance(error, KeyboardInterrupt)   # (sent above every rank's error: one value, the largest kept)
+    failed = max_over_ranks(0 if error is None else info.rank + 1 + (info.world_size if stopped else 0), info)
     if failed:
         cleanup(info)
     if error is not None:
         raise error
+    if failed > info.world_size:
+        raise StartupError(f"the start-up was stopped on rank {failed - 1 - info.world_size} (a Ctrl-C or SIGTERM "
+                           "there); nothing was written")
     if failed:
         raise StartupError(f"the start-up failed on rank {failed - 1} (that process's error says why); nothing "
                            "was written")

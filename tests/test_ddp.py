@@ -24,6 +24,7 @@ import sharded_eval
 import torch
 from safetensors.torch import load_file
 
+from mtl_lora_vl import distributed
 from mtl_lora_vl.backbones import builtin_dir
 from mtl_lora_vl.cli import eval_main
 from mtl_lora_vl.distributed import DistInfo
@@ -612,3 +613,15 @@ def test_a_rank_whose_agent_died_before_it_joined_the_group_stops(tmp_path, proc
     _, alive = psutil.wait_procs(ranks, timeout=30)
     assert not alive, f"ranks {[p.pid for p in alive]} still waiting 30 s after their agent was killed"
     assert not list(tmp_path.glob("joined*"))
+
+
+def test_a_start_up_stopped_by_a_signal_is_named_as_stopped(monkeypatch):
+    """Helper 548: a rank whose set-up a Ctrl-C or SIGTERM stopped told the others its start-up had "failed (that
+    process's error says why)", though it printed no error (a Ctrl-C nothing). The collective is stubbed."""
+    sent: list[int] = []
+    monkeypatch.setattr(distributed, "max_over_ranks", lambda value, info: sent.append(value) or max(sent))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    with pytest.raises(KeyboardInterrupt):
+        distributed.all_ready(DistInfo(rank=1, world_size=3), KeyboardInterrupt())   # what rank 1 sends
+    with pytest.raises(distributed.StartupError, match=r"the start-up was stopped on rank 1 \(a Ctrl-C or SIGTERM"):
+        distributed.all_ready(DistInfo(rank=0, world_size=3))   # rank 0 receives it
