@@ -8,7 +8,8 @@ it in the same unit (rows, or percents: a slice with one end a percent is of per
 (``(pct1_dropremainder)`` beside the default, closest) share rows where they do on a split of some length, found by
 the rows each chooses: ``train[:50%]`` beside ``train[50%:](pct1_dropremainder)`` share rows 50 to 74 of 150, and
 ``train[:60%](pct1_dropremainder)`` beside ``train[50%:]``, which share none of 199, do on 100. Rows against
-percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows. A
+percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows
+(a whole split still holds them: ``train`` beside ``train[-50:]``). A
 table that gives no ``split`` reads the one split its files hold, whole (:mod:`.hf_parquet`, :mod:`.hf_datasets`): it
 shares rows with every part of the other's, whatever that split's name (``train[80%:]`` beside no split read rows
 that the training table read too, unwarned).
@@ -88,10 +89,12 @@ def _share_some_length(a: _Part, b: _Part) -> bool:
 def _overlap(a: _Part, b: _Part) -> bool:
     if "" in (a[0], b[0]):   # (no split given: the one split the files hold, whole)
         return True
-    if a[0] != b[0] or "?" in (a[1], b[1]):
+    if a[0] != b[0]:
         return False
-    if a[1] is None or b[1] is None:   # (a whole split holds every slice's rows)
+    if a[1] is None or b[1] is None:   # (a whole split holds every slice's rows, counted from its end too)
         return True
+    if "?" in (a[1], b[1]):
+        return False
     if a[1] == b[1] == "%" and a[4] != b[4]:   # (rounded two ways: a bound may fall on other rows in each)
         return _share_some_length(a, b)
     return a[1] == b[1] and a[2] < b[3] and b[2] < a[3]

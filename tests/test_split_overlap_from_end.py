@@ -1,0 +1,34 @@
+"""The train / val overlap warning for slices counted from a split's end (``train[-50:]``): a whole split holds every
+slice's rows, but a bound from the end was checked first and ``train`` beside ``train[-3:]`` was not warned of."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtl_lora_vl.data.split_overlap import shared_parts
+from mtl_lora_vl.tasks.spec import load_spec
+
+SHARED = "[data.test] reads rows that [data.train] reads too (the same files; the split(s) ["
+
+
+def _warned_at_load(tmp_path, caplog, train: str, test: str) -> str:
+    spec = tmp_path / "mine.toml"
+    spec.write_text(f'kind = "vqa"\n[data]\nformat = "hf_datasets"\npath = "d"\n[data.train]\nsplit = "{train}"\n'
+                    f'[data.test]\nsplit = "{test}"\n')
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_spec(spec)
+    return caplog.text
+
+
+@pytest.mark.parametrize(("train", "test", "named"), [("train", "train[-3:]", "['train[-3:]']"),
+                                                      ("train[-3:]", "train", "['train']"),
+                                                      ("train[-10%:-2]", "test+train", "['train']")])
+def test_a_whole_split_beside_a_slice_from_its_end_is_warned_of_at_load(tmp_path, caplog, train, test, named):
+    assert SHARED + named[1:] in _warned_at_load(tmp_path, caplog, train, test)
+
+
+def test_shared_parts_of_a_whole_split_and_a_slice_from_its_end():
+    assert shared_parts("train[-3:]", "train") == ["train[-3:]"]
+    assert shared_parts("train+test[-2:]", "test[:-1]+val") == []   # (both sliced: the length decides)
+    assert shared_parts("train[-3:]", "test") == []
