@@ -9,6 +9,7 @@ from mtl_lora_vl.data.split_overlap import shared_parts
 from mtl_lora_vl.tasks.spec import load_spec
 
 SHARED = "[data.test] reads rows that [data.train] reads too (the same files; the split(s) ["
+SAME = "[data.test] reads the same rows as [data.train]"
 
 
 def _warned_at_load(tmp_path, caplog, train: str, test: str) -> str:
@@ -32,3 +33,14 @@ def test_shared_parts_of_a_whole_split_and_a_slice_from_its_end():
     assert shared_parts("train[-3:]", "train") == ["train[-3:]"]
     assert shared_parts("train+test[-2:]", "test[:-1]+val") == []   # (both sliced: the length decides)
     assert shared_parts("train[-3:]", "test") == []
+
+
+# The same slice counted from the end on both sides (train[-3:] beside train[-3:]) was left to the split's length,
+# which never mattered: it reads the same rows on any length, and no warning came.
+@pytest.mark.parametrize(("train", "test", "said"), [("train[-3:]", "train[-3:]", SAME),
+                                                     ("train[-3:]+test[:2]", "test[2:] + train[-3:]",
+                                                      SHARED + "'train[-3:]']"),
+                                                     ("train[-30%:-1]", "train[:5]+train[-30%:-1]",
+                                                      SHARED + "'train[-30%:-1]']")])
+def test_a_slice_from_the_end_written_alike_is_warned_of_at_load(tmp_path, caplog, train, test, said):
+    assert said in _warned_at_load(tmp_path, caplog, train, test)

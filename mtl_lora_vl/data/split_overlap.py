@@ -9,7 +9,7 @@ it in the same unit (rows, or percents: a slice with one end a percent is of per
 the rows each chooses: ``train[:50%]`` beside ``train[50%:](pct1_dropremainder)`` share rows 50 to 74 of 150, and
 ``train[:60%](pct1_dropremainder)`` beside ``train[50%:]``, which share none of 199, do on 100. Rows against
 percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows
-(a whole split still holds them: ``train`` beside ``train[-50:]``). A
+(a whole split still holds them: ``train`` beside ``train[-50:]``; and a slice written alike reads the same rows). A
 table that gives no ``split`` reads the one split its files hold, whole (:mod:`.hf_parquet`, :mod:`.hf_datasets`): it
 shares rows with every part of the other's, whatever that split's name (``train[80%:]`` beside no split read rows
 that the training table read too, unwarned).
@@ -92,6 +92,8 @@ def _overlap(a: _Part, b: _Part) -> bool:
     if a[0] != b[0]:
         return False
     if a[1] is None or b[1] is None:   # (a whole split holds every slice's rows, counted from its end too)
+        return True
+    if a == b:   # (the same slice: the same rows, counted from the end or not)
         return True
     if "?" in (a[1], b[1]):
         return False
