@@ -367,10 +367,11 @@ def read_hf_datasets(
                           joined=image_table is not None)
     if "images" in mapping:
         several = list_image_rows if isinstance(mapping["images"], str) else column_image_rows
-        return examples_from_rows(several(root, table, ds, mapping, images, source),
+        read = examples_from_rows(several(root, table, ds, mapping, images, source),
                                   at=name, source=source, image_of=lambda r: r["image"],
                                   check=ImageChecker(verify, strict), class_names=class_names,
                                   one_per_image=one_per_image)
+        return dataclasses.replace(read, split_lengths=dict(table.lengths))
     src, src_ds, image_col, at = table, ds, mapping.get("image"), None   # at: per row, its image's row of src
     if image_table is not None:   # the images kept in another table, joined by image id (GQA's hub configs)
         src, src_ds = _open_images(root, image_table, unsliced(split), _cache_under(root, cache_dir))
@@ -471,6 +472,7 @@ def read_hf_datasets(
             there = "" if at is None else f" (its row {j}, whose key is the row's image id)"
             raise DataFormatError(f"{name(i)}: no image in column {image_where}{there}")
         rows.append((i, row))
-    return examples_from_rows(rows, at=name, source=source, image_of=lambda r: r["image"],
+    read = examples_from_rows(rows, at=name, source=source, image_of=lambda r: r["image"],
                               check=ImageChecker(verify, strict), class_names=class_names,
                               one_per_image=one_per_image)
+    return dataclasses.replace(read, split_lengths=dict(table.lengths))   # (what its slices were counted on)

@@ -54,6 +54,9 @@ class Split:
     class_names: list[str] | None = None   # classification
     skipped: int = 0                        # images that could not be read (missing, corrupt, too large)
     strict: bool = False                    # an image that fails to decode later stops the run (no replacement)
+    #: Each split's whole length where the reader read slices of it (``train[-50:]``: ``{"train": 1000}``), what its
+    #: slices were counted on (the spec's check of rows shared with train asks it); empty where not told.
+    split_lengths: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def rows_sha256(self) -> str:

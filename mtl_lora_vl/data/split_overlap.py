@@ -9,7 +9,10 @@ it in the same unit (rows, or percents: a slice with one end a percent is of per
 the rows each chooses: ``train[:50%]`` beside ``train[50%:](pct1_dropremainder)`` share rows 50 to 74 of 150, and
 ``train[:60%](pct1_dropremainder)`` beside ``train[50%:]``, which share none of 199, do on 100. Rows against
 percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows
-(a whole split still holds them: ``train`` beside ``train[-50:]``; and a slice written alike reads the same rows). A
+from their names (a whole split still holds them: ``train`` beside ``train[-50:]``; and a slice written alike reads the
+same rows); :func:`length_decides` tells where a pair has such parts, and :func:`shared_on` decides them once the
+split's length is known (read), as ``datasets`` counts them: ``train[:90%]`` beside ``train[-10%:]`` share row 13 of
+15, none of 10; ``train[-50:]`` beside ``train[-100:-40]``, rows 50 to 59 of 100. A
 table that gives no ``split`` reads the one split its files hold, whole (:mod:`.hf_parquet`, :mod:`.hf_datasets`): it
 shares rows with every part of the other's, whatever that split's name (``train[80%:]`` beside no split read rows
 that the training table read too, unwarned).
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from .hf_parquet import joined_splits
+from .hf_slices import slice_rows
 
-__all__ = ["NOT_ROW_CHOICE", "shared_parts", "split_parts"]
+__all__ = ["NOT_ROW_CHOICE", "length_decides", "shared_on", "shared_parts", "split_parts"]
 
 #: Reader options that change how rows are read or checked, not which rows: left out where two splits are compared
 #: for reading the same rows (the spec's train / val check, eval's check against the adapter's training split).
@@ -86,7 +91,9 @@ def _share_some_length(a: _Part, b: _Part) -> bool:
     return False
 
 
-def _overlap(a: _Part, b: _Part) -> bool:
+def _overlap(a: _Part, b: _Part) -> bool | None:
+    """Whether parts ``a`` and ``b`` (:func:`_rows`) share rows, as their names tell; None where the split's length
+    decides (a bound counted from the end, or rows beside percents)."""
     if "" in (a[0], b[0]):   # (no split given: the one split the files hold, whole)
         return True
     if a[0] != b[0]:
@@ -95,11 +102,11 @@ def _overlap(a: _Part, b: _Part) -> bool:
         return True
     if a == b:   # (the same slice: the same rows, counted from the end or not)
         return True
-    if "?" in (a[1], b[1]):
-        return False
-    if a[1] == b[1] == "%" and a[4] != b[4]:   # (rounded two ways: a bound may fall on other rows in each)
+    if "?" in (a[1], b[1]) or a[1] != b[1]:
+        return None
+    if a[1] == "%" and a[4] != b[4]:   # (rounded two ways: a bound may fall on other rows in each)
         return _share_some_length(a, b)
-    return a[1] == b[1] and a[2] < b[3] and b[2] < a[3]
+    return a[2] < b[3] and b[2] < a[3]
 
 
 def shared_parts(one: str, other: str) -> list[str]:
@@ -111,3 +118,32 @@ def shared_parts(one: str, other: str) -> list[str]:
     if not one.strip() and other.strip():
         return split_parts(other)
     return [p for p in split_parts(one) if any(_overlap(_rows(p), q) for q in theirs)]
+
+
+def length_decides(one: str, other: str) -> bool:
+    """Whether a part of split ``one`` and one of ``other`` slice one split so that only its length tells whether they
+    share rows (``train[:90%]`` beside ``train[-10%:]``; ``train[:100]`` beside ``train[90%:]``): :func:`shared_on`
+    decides them once it is known."""
+    theirs = [_rows(q) for q in split_parts(other)]
+    return any(_overlap(_rows(p), q) is None for p in split_parts(one) for q in theirs)
+
+
+def shared_on(one: str, other: str, lengths: Mapping[str, int]) -> list[str]:
+    """The parts of split ``one`` that read rows split ``other`` reads where each split named has the rows ``lengths``
+    gives (its whole length, as read): a pair whose names do not tell (:func:`length_decides`) by the rows
+    ``datasets``' ``ReadInstruction`` chooses on that length (:func:`.hf_slices.slice_rows`), not shared where a
+    split's length is not given or a part chooses no row; every other pair as :func:`shared_parts` tells."""
+    theirs = split_parts(other)
+    return [p for p in split_parts(one) if any(_share_on(p, q, lengths) for q in theirs)]
+
+
+def _share_on(one: str, other: str, lengths: Mapping[str, int]) -> bool:
+    a = _rows(one)
+    told, name = _overlap(a, _rows(other)), a[0]
+    if told is not None or name not in lengths:
+        return bool(told)
+    try:   # (a part datasets cannot read on these rows, or that chooses none, shares none: its read is refused)
+        ((la, ha),), ((lb, hb),) = (slice_rows(p, {name: lengths[name]}, "") for p in (one, other))
+    except ValueError:
+        return False
+    return la < hb and lb < ha

@@ -135,6 +135,10 @@ class TaskSpec:
                             f"the options {sorted({**self.data.options, **opts})}: {err}") from err
         if split in self.data.read_warnings:   # (read: the files hold the split named beside none)
             logger.warning("%s", self.data.read_warnings[split])
+        pair = self.data.length_pairs.get(split)   # (read: the lengths its slices were counted on, where told)
+        warning = pair.warning(read.split_lengths) if pair is not None else None
+        if warning is not None:
+            logger.warning("%s", warning)
         return read
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from mtl_lora_vl.data.common import ReaderOptionError
 from mtl_lora_vl.data.readers import READERS, check_reader_options, reader_option_names
-from mtl_lora_vl.data.split_overlap import NOT_ROW_CHOICE, shared_parts, split_parts
+from mtl_lora_vl.data.split_overlap import NOT_ROW_CHOICE, length_decides, shared_on, shared_parts, split_parts
 from mtl_lora_vl.data.world import KINDS as WORLD_KINDS
 from mtl_lora_vl.tasks.spec_error import SpecError
 from mtl_lora_vl.tasks.spec_error import field_error as _fail
@@ -53,6 +53,35 @@ class DataSpec:
     #: files hold that split, which the read finds; a warning at load came before the reader refused a split the
     #: files do not hold.
     read_warnings: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    #: A split whose rows shared with train its split's length decides (:class:`LengthPair`), told once it is read.
+    length_pairs: dict[str, LengthPair] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LengthPair:
+    """Split table ``split`` (its ``split`` option ``own``) beside ``[data.train]`` (``train``) on the same files, where
+    only the length of a split they slice tells whether they share rows (``train[:90%]`` beside ``train[-10%:]``):
+    decided once ``split`` is read (:meth:`.TaskSpec.load_split`), on the lengths its read counted its slices on."""
+
+    path: Path
+    split: str
+    own: str
+    train: str
+
+    def warning(self, lengths: dict[str, int]) -> str | None:
+        """The warning of rows shared with train on splits of these ``lengths`` (:func:`~mtl_lora_vl.data.split_overlap
+        .shared_on`), or None where they share none."""
+        both = shared_on(self.own, self.train, lengths)
+        return overlap_warning(self.path, self.split, both) if both else None
+
+
+def overlap_warning(path: Path, split: str, both: list[str]) -> str:
+    """The warning that split table ``split`` of spec ``path`` reads rows ``[data.train]`` reads: ``both`` its parts
+    that do (``[]``: it reads the same rows)."""
+    return (f"{path}: [data.{split}] reads " + ("the same rows as [data.train] (the same files and split names)"
+            if not both else f"rows that [data.train] reads too (the same files; the split(s) {both}, whole or in "
+            "overlapping slices)") + f", so the {split} scores are training scores; give it a file, folder or split "
+            "name of its own")
 
 
 def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
@@ -116,14 +145,13 @@ def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
                     show_got=False)
     if "val" not in splits and "test" not in splits:
         raise _fail(path, "data.val", "a [data.val] or [data.test] table for evaluation", show_got=False)
-    read_warnings = {}
+    read_warnings, length_pairs = {}, {}
     for split in ("val", "test"):
         both = _shared_parts(options, splits[split], splits["train"]) if {split, "train"} <= set(splits) else None
-        if both is not None:
-            warning = (f"{path}: [data.{split}] reads " + ("the same rows as [data.train] (the same files and split "
-                       "names)" if not both else f"rows that [data.train] reads too (the same files; the split(s) "
-                       f"{both}, whole or in overlapping slices)") + f", so the {split} scores are training scores; "
-                       "give it a file, folder or split name of its own")
+        if isinstance(both, tuple):   # (the split's length decides: once read)
+            length_pairs[split] = LengthPair(path, split, *both)
+        elif both is not None:
+            warning = overlap_warning(path, split, both)
             if _one_without_split(splits[split], splits["train"]):
                 read_warnings[split] = warning
             else:
@@ -135,7 +163,8 @@ def parse_data(path: Path, raw: Any, need_train: bool = True) -> DataSpec:
             # an option of the shared [data] table that the split does not override is that table's
             shared = [k for k in options if k not in opts and f"'{k}'" in str(err)]
             raise SpecError(f"{path}: field 'data{'' if shared else '.' + split}': {err}") from None
-    return DataSpec(source="files", format=fmt, options=options, splits=splits, read_warnings=read_warnings)
+    return DataSpec(source="files", format=fmt, options=options, splits=splits, read_warnings=read_warnings,
+                    length_pairs=length_pairs)
 
 
 def _one_without_split(one: dict[str, Any], train: dict[str, Any]) -> bool:
@@ -150,11 +179,17 @@ def _rows_chosen(shared: dict[str, Any], split: dict[str, Any]) -> dict[str, Any
             for k, v in merged.items() if k not in NOT_ROW_CHOICE}
 
 
-def _shared_parts(shared: dict[str, Any], one: dict[str, Any], train: dict[str, Any]) -> list[str] | None:
+def _shared_parts(shared: dict[str, Any], one: dict[str, Any],
+                  train: dict[str, Any]) -> list[str] | tuple[str, str] | None:
     """Whether split table ``one`` reads rows ``train`` reads (``shared``: the [data] table's options): ``[]`` where
     they choose the same rows; ``one``'s parts that read rows of ``train``'s where their ``split`` options join or
-    slice splits as ``datasets`` does (:func:`~mtl_lora_vl.data.split_overlap.shared_parts`); else None."""
+    slice splits as ``datasets`` does (:func:`~mtl_lora_vl.data.split_overlap.shared_parts`); their two ``split``
+    options where only the length of a split they slice tells (:class:`LengthPair`); else None."""
     mine, theirs = _rows_chosen(shared, one), _rows_chosen(shared, train)
     a, b = (str(d.pop("split", "")) for d in (mine, theirs))
+    if mine != theirs:
+        return None
     both = shared_parts(a, b)
-    return None if mine != theirs or not both else [] if set(split_parts(a)) == set(split_parts(b)) else both
+    if not both:
+        return (a, b) if length_decides(a, b) else None
+    return [] if set(split_parts(a)) == set(split_parts(b)) else both
