@@ -82,7 +82,8 @@ class TrainOptions:
     command_line_clears: ClassVar[dict[str, tuple[str, ...]]] = {"steps": ("epochs",)}
 
     tasks: str = _opt("vqa,retrieval", "comma-separated task names (built-in specs) or paths to task TOML files")
-    backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | hf:DIR "
+    backbone: str = _opt("builtin", "builtin | builtin-llava | open_clip:NAME (with --pretrained FILE or TAG) | "
+                         "open_clip:DIR (a folder with open_clip_config.json and weights: a CLIP or CoCa) | hf:DIR "
                          "or hf:ORG/NAME (a local Hugging Face CLIP, LLaVA, LLaVA-NeXT, LLaVA-OneVision, PaliGemma, "
                          "Gemma 3, Qwen2-VL, Idefics3 / SmolVLM or Mistral 3 directory, or a hub id in the local "
                          "cache)")

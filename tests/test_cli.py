@@ -202,6 +202,13 @@ def test_help_names_every_family_the_options_serve():
     assert [n for n in loads[1:] if n not in _GENERATIVE] == []
 
 
+def test_backbone_help_names_an_open_clip_folder():
+    """--backbone's help listed open_clip:NAME and hf:DIR but not open_clip:DIR, the form a local open_clip folder (a
+    CoCa for captioning, a fine-tuned CLIP) is given in; what parse_spec accepts, the help names."""
+    text = next(f.metadata["help"] for f in dataclasses.fields(TrainOptions) if f.name == "backbone")
+    assert "open_clip:DIR (a folder with open_clip_config.json and weights: a CLIP or CoCa)" in text
+
+
 def test_resume_help_names_the_options_a_resume_may_change():
     """Review 263: --resume's help said only "continue the killed or stopped run", not that every option but
     --workers and --device is the run's own (a differing one, more --steps included, is refused)."""
