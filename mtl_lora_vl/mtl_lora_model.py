@@ -385,6 +385,7 @@ class MTLLoRAModel(nn.Module):
         graph, a graph per set of tasks, not per list, and a tensor of ids breaks none. Inside another module's
         compiled forward it is traced, a graph per list (Dynamo guards on its values). A compiled call given no task and
         no route scope raises the RoutingError, with ``fullgraph=True`` too (Dynamo's 'Observed exception' replaced)."""
+        _check_pixel_values(kwargs, "MTLLoRAModel.forward")
         eager = torch.compiler.is_compiling() or not compiled_call_running()   # (else a compiled call's top frame)
         if tasks is None and adapter_names is None:
             if eager:
@@ -409,6 +410,7 @@ class MTLLoRAModel(nn.Module):
                  **kwargs: Any) -> Any:
         """The base model's ``generate``; ``tasks`` gives one task per input row, through every step."""
         _check_coca_generate(self.base_model)
+        _check_pixel_values(kwargs, "MTLLoRAModel.generate")
         with self._routed(tasks, adapter_names):
             return self.base_model.generate(*args, **kwargs)
 
@@ -444,6 +446,16 @@ def _check_coca_generate(model: nn.Module) -> None:
         "bb = mtl_lora_vl.backbones.load_backbone('open_clip:DIR' or 'open_clip:NAME', pretrained=FILE); "
         "model = MTLLoRAModel(bb.model, cfg); with model.route(tasks): bb.generate(images, max_len=20, beam_size=3) "
         "(one task per image, greedy or beams)")
+
+
+def _check_pixel_values(kwargs: dict[str, Any], what: str) -> None:
+    """Refuse integer ``pixel_values`` (uint8 pictures): a Hugging Face model casts them to its tower's dtype and reads
+    0..255 as normalised values without a word, as the backbones' own calls refuse (``check_float_images``)."""
+    pixels = kwargs.get("pixel_values")
+    if isinstance(pixels, torch.Tensor) and not pixels.is_floating_point():
+        raise ValueError(f"{what}: pixel_values must be normalised float images, got dtype {pixels.dtype}; give the "
+                         "pictures to the model's image processor (AutoProcessor.from_pretrained(folder)(images=...)) "
+                         "or to backbone.preprocess_uint8 first (they resize, scale and normalise them)")
 
 
 class _SavedState:

@@ -54,3 +54,25 @@ def test_encode_image_refuses_integer_images_of_any_size(clip, side):
     with pytest.raises(ValueError, match=f"^encode_image: {WANT}"):
         clip.encode_image(pics)
     assert clip.encode_image(clip.preprocess_uint8(pics)).shape[0] == 2
+
+
+@pytest.mark.parametrize("call", ["forward", "generate"])
+def test_the_peft_style_wrapper_refuses_integer_pixel_values(call):
+    """Helper 551: MTLLoRAModel's forward / generate hand pixel_values to the Hugging Face model unchecked, which casts
+    uint8 pictures to its tower's dtype and reads 0..255 as normalised values (the built-in LLaVA ran on them without a
+    word). Refused by name, under autocast too; the same pictures preprocessed still run."""
+    bb = mlv.backbones.load_backbone("builtin-llava")
+    model = mlv.MTLLoRAModel(bb.model, mlv.MTLLoRAConfig(tasks=["vqa"], r=2)).eval()
+    pics = torch.randint(0, 256, (1, 3, bb.image_size, bb.image_size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(0))
+    batch = bb.lm_collator()([f"{bb.image_token} question: what colour is the cube? answer:"])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    run = (lambda px: model(**inputs, pixel_values=px, tasks=["vqa"]).logits) if call == "forward" else \
+        (lambda px: model.generate(**inputs, pixel_values=px, tasks=["vqa"], max_new_tokens=2, do_sample=False))
+    with torch.no_grad():
+        for autocast in (False, True):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), pytest.raises(
+                    ValueError, match=rf"^MTLLoRAModel\.{call}: pixel_values must be normalised float images, got "
+                                      r"dtype torch\.uint8; give the pictures to the model's image processor"):
+                run(pics)
+        assert run(bb.preprocess_uint8(pics)).shape[0] == 1
