@@ -148,6 +148,28 @@ def test_a_hub_id_not_cached_names_each_cache_looked_in_and_cache_dir(tmp_path, 
         mlv.save_merged(_attached(clip), "a", tmp_path / "merged")
 
 
+@pytest.mark.parametrize("first", ["one snapshot", "main and an older one"])
+def test_a_model_whose_own_snapshot_is_in_the_next_cache_takes_its_files(tmp_path, monkeypatch, first):
+    """Helper 551: with no commit recorded, save_merged looked only at the first cache holding the id: where that
+    cache's snapshot (its one, or main's among several) held other weights, its files were taken with the "holds
+    other values" warning, though the next cache hub_caches lists held the model's own snapshot (hub_snapshot, the
+    export's processor note, already walked on to it). The first snapshot holding the model's weights is taken."""
+    from transformers import CLIPModel
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "read"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "env"))
+    _cache_holding(tmp_path / "read", "org/tiny-clip", seed=1)
+    if first == "main and an older one":
+        _cache_holding(tmp_path / "older", "org/tiny-clip", seed=2, ref="v0", commit="3" * 40)
+        shutil.copytree(tmp_path / "older" / "models--org--tiny-clip", tmp_path / "read" / "models--org--tiny-clip",
+                        dirs_exist_ok=True)
+    _cache_holding(tmp_path / "env", "org/tiny-clip", seed=0, commit="2" * 40)
+    model = _attached(_unrecorded(CLIPModel.from_pretrained("org/tiny-clip", cache_dir=str(tmp_path / "env"),
+                                                            local_files_only=True)))
+    out = _merged_quietly(model, tmp_path / "merged")
+    assert json.loads((out / "tokenizer.json").read_text()) == {"cache": "env"}
+
+
 def _llava_cache_holding(hub, name, shift, commit):
     """Hub cache ``hub`` holding the built-in LLaVA as model ``name``, its weights shifted by ``shift``: its file
     names LLaVA's weights as transformers 5 writes them too (``language_model.model.*``), which the loaded model holds

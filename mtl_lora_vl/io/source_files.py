@@ -117,32 +117,44 @@ def _other_revisions(model: nn.Module, name: str, caches: list[Path]) -> str | N
 
 
 def _loaded_snapshot(model: nn.Module, name: str, out: str | Path, caches: list[Path]) -> Path | None:
-    """The snapshot of hub id ``name`` in the first of the local hub ``caches`` that holds one, which ``model`` was
-    loaded from: the commit its config records (``_commit_hash``, which transformers 4 and 5.10.2 to 5.17 set; 5.18
-    and later record none), else the one snapshot of ``name`` there, else ``main``'s, what ``from_pretrained(name)``
-    loads (warned, naming the others: an old revision stays cached after the hub's moves on, and a model loaded at
-    another is told to give ``source_dir``). Several and no ``main`` are refused, naming each: which one the model
-    was loaded at is not known. None when none is there."""
+    """The snapshot of hub id ``name`` in the local hub ``caches`` which ``model`` was loaded from: the commit its
+    config records (``_commit_hash``, which transformers 4 and 5.10.2 to 5.17 set; 5.18 and later record none), else,
+    in each cache holding the id in turn, its one snapshot there, else ``main``'s, what ``from_pretrained(name)``
+    loads: the first of these holding the model's weights (:func:`_weights_match`; as :func:`hub_snapshot` walks the
+    caches), else the first cache's (:func:`_told`: warned or refused as there). A cache holding several and no
+    ``main`` ends the walk: which one the model was loaded at is not known. None when none is there."""
     commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit:   # (that revision only: another's processor may differ)
         return next((s for s in (cached_hub_snapshot(name, commit, c) for c in caches) if s is not None), None)
-    cache = next((c for c in caches if cached_hub_snapshots(name, c)), None)
-    if cache is None:
-        return None
-    snapshots = cached_hub_snapshots(name, cache)
-    if len(snapshots) <= 1:
-        return next(iter(snapshots), None)
+    first = None
+    for cache in caches:
+        snapshots = cached_hub_snapshots(name, cache)
+        if not snapshots:
+            continue
+        chosen = next(iter(snapshots)) if len(snapshots) == 1 else cached_hub_snapshot(name, cache=cache)
+        first = first or (cache, snapshots, chosen)
+        if chosen is None:
+            break
+        if _weights_match(model, chosen):
+            return _told(name, out, cache, snapshots, chosen)
+    return None if first is None else _told(name, out, *first)
+
+
+def _told(name: str, out: str | Path, cache: Path, snapshots: dict[Path, list[str]], chosen: Path | None) -> Path:
+    """``chosen``, the snapshot of ``name`` that ``cache`` gives (its one, or ``main``'s of ``snapshots``), taken:
+    ``main``'s among several is warned of, naming the others (an old revision stays cached after the hub's moves on,
+    and a model loaded at another is told to give ``source_dir``); several and no ``main`` are refused, naming
+    each."""
+    if len(snapshots) <= 1 or (chosen is not None and not _has_processor_files(chosen)):
+        return chosen   # (one; or main holding no processor file: refused by the caller, no warning of its files)
     listed = "; ".join(f"{s}" + (f" ({', '.join(refs)})" if refs else "") for s, refs in snapshots.items())
-    main = cached_hub_snapshot(name, cache=cache)
     advice = _SOURCE_ADVICE.format(name=name)
-    if main is not None and not _has_processor_files(main):
-        return main   # (refused by the caller as holding none: no warning that its files are taken)
-    if main is not None:
+    if chosen is not None:
         warn_user(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
                   "(transformers keeps none on a loaded model); its processor and tokenizer files are taken from "
-                  f"the 'main' snapshot {main}, what from_pretrained({name!r}) loads, of the {len(snapshots)} the "
+                  f"the 'main' snapshot {chosen}, what from_pretrained({name!r}) loads, of the {len(snapshots)} the "
                   f"local hub cache holds: {listed}. If it was loaded at another revision, {advice}")
-        return main
+        return chosen
     raise ValueError(f"save_merged: {out}: the model was loaded from the hub id {name!r} and records no revision "
                      f"(transformers keeps none on a loaded model), but the local hub cache ({cache}) holds "
                      f"{len(snapshots)} snapshots of it and no 'main', whose processor and tokenizer files may "
