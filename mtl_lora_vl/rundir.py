@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from .distributed import DistInfo, broadcast_from_main
-from .io.adapter_files import absolute_base
 from .io.atomic import atomic_file, holds
+from .io.base_record import absolute_base
 from .io.layout import RUN_OUTPUTS
 from .io.locks import LockHeld, NotALockFile, lock_holder, take_lock
 from .log import warn_user

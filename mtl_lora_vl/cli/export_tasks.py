@@ -18,9 +18,10 @@ from ..backbones.open_clip import registry_config
 from ..config import check_task_file_names
 from ..families import OPEN_CLIP_CONFIG, merged_format, peft_export
 from ..io import AdapterFileError, export_lora, load_pretrained, save_merged
-from ..io.adapter_files import base_paths, config_of, read_adapter_config
+from ..io.adapter_files import config_of, read_adapter_config
 from ..io.atomic import check_target
 from ..io.base_check import written_family_of
+from ..io.base_record import base_paths
 from ..io.exports import check_suffix_case, export_format
 from ..io.layout import (
     EXPORT_RECORD,

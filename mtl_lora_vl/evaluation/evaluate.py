@@ -24,8 +24,9 @@ from ..backbones import load_backbone
 from ..data.records import Split
 from ..distributed import DistInfo, barrier, check_workers, cleanup, init_distributed, sharded_evaluation
 from ..io import load_pretrained
-from ..io.adapter_files import base_paths, config_of, read_adapter_config
+from ..io.adapter_files import config_of, read_adapter_config
 from ..io.atomic import atomic_dir, atomic_file, check_target
+from ..io.base_record import base_paths
 from ..io.layout import check_output
 from ..log import main_rank_logging, progress
 from ..multitask import MultiTaskModel, Setup

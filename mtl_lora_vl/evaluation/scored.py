@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..io.adapter_files import absolute_base, base_paths
+from ..io.base_record import absolute_base, base_paths
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str | None:

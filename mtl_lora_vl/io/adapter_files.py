@@ -39,9 +39,7 @@ from torch import nn
 from .._version import __version__
 from ..adapters.attach import attach
 from ..adapters.layers import ADAPTER_PARAM_NAMES
-from ..backbones.spec import parse_spec
 from ..config import ConfigError, MTLLoRAConfig, check_task_file_names, task_file_problem
-from ..log import warn_user
 from ..tasks.spec import SpecError, TaskSpec, load_spec
 from ..whole_files import FileTooLarge, read_whole
 from ..wording import agree, tasks_named
@@ -57,6 +55,7 @@ from .base_check import (
     refuse_adapted,
     warn_rounded,
 )
+from .base_record import absolute_base, base_paths, warn_unknown_base
 from .identity import adapted_module, expected_tensors, model_identity
 from .layout import (
     ADAPTER_CONFIG,
@@ -91,56 +90,6 @@ __all__ = [
     "read_kind_state",
     "save_adapter",
 ]
-
-def absolute_base(base: dict[str, Any]) -> dict[str, Any]:
-    """Make local paths in ``base`` (a pretrained file, an ``open_clip:DIR`` / ``hf:DIR``) absolute.
-
-    With :func:`base_paths`, the places here that parse backbone spec strings (see
-    ``mtl_lora_vl.backbones.load_backbone``).
-    """
-    pre = base.get("pretrained")
-    if isinstance(pre, str) and Path(pre).expanduser().exists():
-        base["pretrained"] = str(Path(pre).expanduser().resolve())
-    spec = base.get("backbone")
-    if isinstance(spec, str):
-        try:
-            base["backbone"] = parse_spec(spec).absolute()
-        except (ValueError, OSError):   # (open_clip:DIR of a folder not there: FileNotFoundError, as base_paths)
-            pass  # not a backbone string this package parses, or its folder is not here: keep it as the caller wrote it
-    return base
-
-
-def _warn_unknown_base(base: dict[str, Any]) -> None:
-    """Warn where ``base['backbone']`` is no spec ``load_pretrained`` can build (``'builtn'``, a folder without its
-    prefix; it was caught only on loading): saved as written. A known prefix's spec may load elsewhere: unwarned."""
-    spec = base.get("backbone")
-    if spec is None or (isinstance(spec, str) and spec.strip().startswith(("open_clip:", "hf:"))):
-        return
-    try:
-        parse_spec(spec)
-    except (ValueError, OSError) as e:
-        why = str(e).split("; accepted forms")[0]
-        warn_user(f"save_adapter: base['backbone'] = {spec!r} is no backbone load_pretrained can build ({why}); it "
-                  "is saved as written, and loading it will need backbone=...; save again with a spec such as "
-                  "'builtin', 'builtin-llava', 'open_clip:NAME', 'open_clip:/path/to/dir' or 'hf:/path/to/dir'")
-
-
-def base_paths(base: dict[str, Any], backbone: str | None = None,
-               pretrained: str | None = None) -> list[tuple[str, Path]]:
-    """The local files the base model ``base`` (an adapter config's) is read from (``backbone`` /
-    ``pretrained`` override it), as (what, path) pairs: what writing an output must not replace."""
-    out = []
-    spec, pre = backbone or base.get("backbone"), pretrained or base.get("pretrained")
-    if isinstance(spec, str):
-        try:
-            source = parse_spec(spec).source_dir
-        except (ValueError, OSError):   # not a spec this package parses, or its folder is gone: nothing to keep
-            source = None
-        if source is not None:
-            out.append(("the base model's folder", Path(source)))
-    if isinstance(pre, str) and Path(pre).expanduser().exists():
-        out.append(("the base weights", Path(pre).expanduser()))
-    return out
 
 
 def require_head_modules(heads: dict[str, Any], what: str) -> None:
@@ -253,7 +202,7 @@ def save_adapter(
         json.dumps(base)
     except (TypeError, ValueError) as e:
         raise ValueError(f"save_adapter: base must be JSON-serialisable, e.g. {{'backbone': 'builtin'}}: {e}") from e
-    _warn_unknown_base(base)
+    warn_unknown_base(base)
 
     if overwrite:
         _check_replaceable(Path(path), base, roots)
