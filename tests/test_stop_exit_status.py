@@ -493,3 +493,65 @@ def test_a_sigterm_before_the_command_s_work_begins_stops_it_with_its_line(monke
     assert (status, ran) == (143, [])
     assert capfd.readouterr().err.splitlines() == ["[mtl-lora-vl] warning: SIGTERM: stopped at once (exit status 143)"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _bug() -> None:
+    raise TypeError("a bug's own message")
+
+
+def _expected_error() -> None:
+    raise ValueError("--lr -1: give a positive learning rate")
+
+
+@pytest.mark.parametrize("work, error, debug", [(_bug, TypeError, "0"), (_expected_error, ValueError, "1")],
+                         ids=["bug", "error-debug"])
+def test_a_sigterm_as_a_nested_command_s_error_leaves_does_not_replace_it(monkeypatch, work, error, debug):
+    """Helper 553: ``run_command`` inside another command's work whose error leaves it (a bug, or any error under
+    ``MTL_LORA_VL_DEBUG=1``) with a SIGTERM ignored as it left: the SIGTERM sent on to the outer command's
+    ``terminate_raises`` raised ``Terminated`` over the error, and the outer command returned 143 with the error's
+    traceback lost. The error stands (as in every clean-up after an error): it leaves both commands whole."""
+    monkeypatch.setenv("MTL_LORA_VL_DEBUG", debug)
+    real = commands.cli_logging
+    depth: list[int] = []
+
+    @contextlib.contextmanager
+    def logging_with_a_sigterm_as_it_leaves(level):
+        depth.append(1)
+        with real(level) as log:
+            try:
+                yield log
+            finally:
+                if len(depth) == 2:   # the inner command's (its work done, its SIGTERM handler ignoring)
+                    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL   # (it would end pytest)
+                    signal.raise_signal(signal.SIGTERM)
+                depth.pop()
+
+    monkeypatch.setattr(commands, "cli_logging", logging_with_a_sigterm_as_it_leaves)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(error) as raised:
+        run_command("warning", lambda: run_command("warning", work))
+    assert raised.traceback[-1].name == work.__name__
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_sigterm_as_a_command_s_bug_leaves_still_reaches_the_caller_s_handler(monkeypatch):
+    """...and a caller's own SIGTERM handler (one that notes it) is still given the SIGTERM, the bug still raised."""
+    real = commands.cli_logging
+
+    @contextlib.contextmanager
+    def logging_with_a_sigterm_as_it_leaves(level):
+        with real(level) as log:
+            try:
+                yield log
+            finally:
+                signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(commands, "cli_logging", logging_with_a_sigterm_as_it_leaves)
+    got: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with pytest.raises(TypeError, match="a bug's own message"):
+            run_command("warning", _bug)
+        assert got == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -24,7 +24,10 @@ Between those blocks (a handler being put back, an ``except`` clause's first byt
 stop's status where a SIGTERM's Terminated cut into it; an error cut there by a SIGTERM still exits 143 (one line).
 ``run_command`` reports the outcome (an error's line, a stop's status) with SIGTERM ignored
 (:class:`TerminateUntilDone`); one ignored there goes on to the caller's Python handler once that is back (an outer
-command's, a script's: :func:`terminate_until_done`), not to the default one (the process is exiting with the status).
+command's, a script's: :func:`terminate_until_done`), not to the default one (the process is exiting with the status);
+where an error leaves the command (a bug; any error under ``MTL_LORA_VL_DEBUG=1``) that handler is called with it and
+what it raises is dropped: the error stands (an outer command's ``Terminated`` raised over it exited 143, the bug's
+traceback lost).
 ``bench`` reports its outcome the same way.
 Not covered: before ``run_command`` (or ``bench``) sets its handler and after it returns, SIGTERM's default (nothing
 begun, or the process exiting); as the work ends, until its ``terminate_raises`` has put the handler back, a SIGTERM
@@ -174,14 +177,35 @@ def terminate_until_done() -> Iterator[TerminateUntilDone]:
     is back, where that is a Python handler: the caller's own (a script that stops its loop of commands on SIGTERM),
     an outer command's (``run_command`` called inside another's work, whose ``terminate_raises`` stops it: 143) --
     there the ignored SIGTERM was lost, and the caller went on as if none had come. With the default handler the
-    process is about to exit with the command's status: not sent again (it would kill it, -15, over that status)."""
+    process is about to exit with the command's status: not sent again (it would kill it, -15, over that status).
+
+    Where an exception leaves the command (a bug, any error under ``MTL_LORA_VL_DEBUG=1``), it stands, as in every
+    clean-up after an error: the handler is called with the SIGTERM (a script's that notes it still sees it), and
+    what it raises (an outer command's ``Terminated``) is dropped. Sent again, that ``Terminated`` was raised over
+    the error: the outer command exited 143 and the bug's traceback was lost."""
     sigterm = TerminateUntilDone()
     try:
         with handlers_set({signal.SIGTERM: sigterm}):
             yield sigterm
-    finally:   # (``waiting``: the work never began, its set-up failed)
-        if (sigterm.ignored or sigterm.waiting) and callable(signal.getsignal(signal.SIGTERM)):
-            signal.raise_signal(signal.SIGTERM)
+    except BaseException as leaving:
+        if sigterm.ignored or sigterm.waiting:   # (``waiting``: the work never began, its set-up failed)
+            _given_while_leaving(leaving)
+        raise
+    if (sigterm.ignored or sigterm.waiting) and callable(signal.getsignal(signal.SIGTERM)):
+        signal.raise_signal(signal.SIGTERM)
+
+
+def _given_while_leaving(leaving: BaseException) -> None:
+    """The SIGTERM a command ignored, given to the Python handler put back (if any) while ``leaving`` leaves the
+    command: what the handler raises does not replace it."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if not callable(handler):
+        return
+    try:
+        handler(signal.SIGTERM, None)
+    except BaseException as e:   # (an outer command's terminate_raises: Terminated; the error stands, see the table)
+        logger.debug("%sSIGTERM as %s left the command: %r dropped (the error stands)", rank_prefix(),
+                     type(leaving).__name__, e)
 
 
 @contextlib.contextmanager
