@@ -20,6 +20,7 @@ from test_train import small_specs
 
 from mtl_lora_vl.cli import commands, train_main
 from mtl_lora_vl.cli.commands import run_command
+from mtl_lora_vl.distributed import StartupError
 from mtl_lora_vl.training import cleanup as cleanup_module
 from mtl_lora_vl.training import train as train_module
 from mtl_lora_vl.training.stopping import RunStopped, Terminated
@@ -555,3 +556,40 @@ def test_a_sigterm_as_a_command_s_bug_leaves_still_reaches_the_caller_s_handler(
         assert got == [signal.SIGTERM]
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("where, stopped_by, stop", [
+    ("all_ready", signal.SIGINT, KeyboardInterrupt), ("all_ready", signal.SIGTERM, Terminated),
+    ("all_ready", None, StartupError), ("claim", signal.SIGTERM, Terminated),
+], ids=["ctrl-c", "sigterm", "other-rank-failed", "sigterm-in-claim"])
+def test_a_stop_as_every_rank_s_set_up_is_ready_lets_the_lock_and_process_group_go(monkeypatch, tmp_path, where,
+                                                                                   stopped_by, stop):
+    """Helper 553: in ``start`` the ``all_ready`` after a set-up that worked (under torchrun a collective, where a
+    Ctrl-C or SIGTERM finds every rank waiting: raised as it returns) and ``claim_run_dir`` (a collective too) were
+    outside both ``try`` blocks: a stop there, or another rank's failed start-up (``StartupError``), left a resumed
+    run's lock held (``train()`` from Python: a second ``--resume`` in the same process refused as "a run is training
+    in it now") and the process group up. Both are now let go (without a second ``all_ready``: the other ranks have
+    left it), and the stop goes on."""
+    opts = SimpleNamespace(resume=True, validate=lambda: None, device="cpu", workers=0, steps=1)
+    closed = _failed_set_up(monkeypatch, tmp_path, "nowhere")
+    monkeypatch.setattr(train_module, "prepare_rank", lambda *args: (opts, None, None, None))
+    monkeypatch.setattr(cleanup_module, "cleanup", lambda i: closed.append("process group"))
+
+    def signalled(name):
+        closed.append(name)
+        if where != name:
+            return
+        if stopped_by is None:
+            raise StartupError("the start-up failed on rank 1 (that process's error says why); nothing was written")
+        assert signal.getsignal(stopped_by) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(stopped_by)
+        closed.append("not stopped")
+
+    monkeypatch.setattr(train_module, "all_ready", lambda i, error=None: signalled("all_ready"))
+    monkeypatch.setattr(train_module, "claim_run_dir", lambda *args: signalled("claim"))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(stop) as raised:
+        train_module.train(opts)
+    assert type(raised.value) is stop
+    assert closed == [*(["all_ready"] if where == "claim" else []), where, "lock", "process group"]
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -1,9 +1,9 @@
 """The clean-up of a training run that ends in an error or a stop: what it lets go (the loader's workers, the run's
 lock, the process group) and what it puts back (the run ``--overwrite`` replaced, before the new run's first
-checkpoint). :func:`.train.start` calls :func:`undo_start` when it fails once the run directory is claimed, and
-``train`` calls :func:`clean_up_run` when the run fails after it, each under :func:`.stopping.cleaning_up_after` (a
-SIGTERM there neither cuts the clean-up short nor replaces what ended the run); the caller re-raises.
-:func:`close_run` ends every run, however it ends.
+checkpoint). :func:`.train.start` calls :func:`let_go` when it is stopped as its ranks' set-ups are found ready, and
+:func:`undo_start` when it fails once the run directory is claimed; ``train`` calls :func:`clean_up_run` when the run
+fails after it; each under :func:`.stopping.cleaning_up_after` (a SIGTERM there neither cuts the clean-up short nor
+replaces what ended the run), and the caller re-raises. :func:`close_run` ends every run, however it ends.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..run_overwrite import undo_overwrite
 from .run import Run
 from .stopping import stop_signals_ignored
 
-__all__ = ["clean_up_run", "close_run", "undo_start"]
+__all__ = ["clean_up_run", "close_run", "let_go", "undo_start"]
 
 
 def undo_start(info: DistInfo, run_dir: Path, opts: TrainOptions, lock: IO | None, held_elsewhere: bool) -> None:
@@ -30,6 +30,15 @@ def undo_start(info: DistInfo, run_dir: Path, opts: TrainOptions, lock: IO | Non
             undo_overwrite(run_dir, opts, lock)
     if lock is not None:
         lock.close()
+
+
+def let_go(info: DistInfo, lock: IO | None) -> None:
+    """``start`` was stopped (or failed: another rank's start-up, the run directory's claim) once every rank's set-up
+    was done, as the run directory is claimed (which puts back what it set aside): the lock (a resumed run's) and the
+    process group are let go."""
+    if lock is not None:
+        lock.close()
+    cleanup(info)
 
 
 def clean_up_run(run: Run, loader: MultiTaskLoader | None) -> None:

@@ -4,7 +4,8 @@ checkpoint, and the command exits as the signal would have made it (``--resume``
 What each signal does where (exit status; the first event names it, a later SIGTERM never changes it, a later Ctrl-C
 aborts). Set-up and final evaluation run under :func:`terminate_raises`; the loop (and its last check) under
 :func:`stop_at_step_boundary`; the clean-up after an exception (``start``'s after a failed set-up included: the lock,
-``all_ready``) under :func:`cleaning_up_after`:
+``all_ready``; and after a stop or an error in the ``all_ready`` that finds every set-up done or the run directory's
+claim: the lock and the process group, no second ``all_ready``) under :func:`cleaning_up_after`:
 
 =====================  ==================  =====================  =====================  =======================
 case                   set-up              loop                   final evaluation       clean-up after it

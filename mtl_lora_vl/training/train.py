@@ -70,7 +70,7 @@ from .checkpoint import (
     restore_training_state,
     save_training_checkpoint,
 )
-from .cleanup import clean_up_run, close_run, undo_start
+from .cleanup import clean_up_run, close_run, let_go, undo_start
 from .describe import describe
 from .loading import build_loader, check_batch_fits, default_workers, early_train_splits
 from .metrics_log import LossWindow, MetricsLog, progress_bar, replaced_rows, truncate_metrics
@@ -151,9 +151,18 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
                 lock.close()
             all_ready(info, e)   # (raises e: every rank told)
         raise
-    all_ready(info)
+    # every rank's set-up found ready, then the run directory claimed (a default name taken meanwhile: the next free
+    # one), two collectives: a Ctrl-C / SIGTERM while the ranks wait in them (raised as they return), another rank's
+    # failure (StartupError) or a RunDirError lets the lock and the process group go (claim_run_dir puts back a run it
+    # set aside). Not in the try above: its all_ready again, a collective the other ranks have left, hangs.
+    try:
+        all_ready(info)
+        run_dir = claim_run_dir(run_dir, opts, info)
+    except BaseException as e:
+        with cleaning_up_after(e):
+            let_go(info, lock)
+        raise
     total_steps = opts.steps
-    run_dir = claim_run_dir(run_dir, opts, info)  # a default name taken meanwhile: the next free one
     held_elsewhere = False
     try:
         if not opts.resume:
