@@ -86,3 +86,16 @@ def test_the_same_files_named_another_way_are_warned_of(tmp_path, caplog):
     adapter, data = sliced_adapter(tmp_path)
     said = _scored(tmp_path, adapter, caplog, 'split = "train[50%:]"', path=str(data / "pq"))
     assert len(said) == 1 and SAID in said[0], said
+
+
+def test_slices_whose_shared_rows_the_length_decides_are_warned_of_once_read(tmp_path, caplog):
+    """Trained on ``train[:80%]`` of 10 rows (rows 0-7): ``train[-3:]`` (rows 7-9) and ``train[7:]`` read row 7, which
+    only the split's length tells (a bound from the end; rows beside percents), so names alone never warned;
+    ``train[-2:]`` (rows 8-9) shares none."""
+    adapter, _ = sliced_adapter(tmp_path)
+    for test in ("train[-3:]", "train[7:]"):
+        said = _scored(tmp_path, adapter, caplog, f'split = "{test}"')
+        assert len(said) == 1, (test, said)
+        assert f"reads rows (the part(s) ['{test}']) the adapter trained the task on" in said[0], said
+        assert "partly training scores" in said[0]
+    assert not _scored(tmp_path, adapter, caplog, 'split = "train[-2:]"')

@@ -1,7 +1,8 @@
 """Which task spec and data folder score each task ``eval --adapter`` is asked for: a task of the adapter on its saved
 spec, or a spec file naming one of its tasks for other data (``--tasks``); and the folder each file-based task is read
 from (the one the adapter records for the task, for its saved spec or a spec file, unless ``--data-root`` moves it); the
-warning where a spec file's split reads rows the adapter trained its task on."""
+warning where a spec file's split reads rows the adapter trained its task on (where only the length of a split they
+slice tells, once the split is read)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 from ..data.common import same_folder
 from ..data.readers import READERS
-from ..data.split_overlap import NOT_ROW_CHOICE, shared_parts, split_parts
+from ..data.split_overlap import NOT_ROW_CHOICE, length_decides, shared_on, shared_parts, split_parts
 from ..io import Pretrained
 from ..tasks.registry import get_kind
 from ..tasks.spec import TaskSpec, load_spec
@@ -140,13 +141,16 @@ def _rows_read(spec: TaskSpec, split: str, root: str | None) -> dict[str, Any] |
 
 
 def warn_trained_rows(lp: Pretrained, specs: list[TaskSpec], scored: Mapping[str, str | None],
-                      roots: Mapping[str, str | None]) -> None:
+                      roots: Mapping[str, str | None]) -> dict[str, tuple[str, str]]:
     """Warn, once per task, where a spec file scores rows the adapter trained its task on: split ``scored[task]``
     of the spec, read under ``roots[task]``, and the adapter's ``[data.train]`` read under the folder it records,
     name the same resolved files and options, and their ``split`` options share rows
     (:func:`~mtl_lora_vl.data.split_overlap.shared_parts`). A spec of the adapter's own ``[data]`` is left out: its
-    own train / val check said so when it loaded."""
+    own train / val check said so when it loaded. Returns the tasks whose two ``split`` options only the length of a
+    split they slice decides (``train[:80%]`` beside ``train[-3:]``), as ``{task: (scored, trained)}``: warned of by
+    :func:`warn_trained_rows_read` once the scored split is read."""
     recorded = lp.doc.get("data_roots") or {}
+    left: dict[str, tuple[str, str]] = {}
     for spec in specs:
         saved, split = lp.specs.get(spec.name), scored.get(spec.name)
         if saved is None or split is None or spec.data == saved.data or "files" != spec.data.source \
@@ -157,13 +161,39 @@ def warn_trained_rows(lp: Pretrained, specs: list[TaskSpec], scored: Mapping[str
         if mine is None or theirs is None:
             continue
         a, b = (str(d.pop("split", None) or "") for d in (mine, theirs))
-        both = shared_parts(a, b) if mine == theirs else []
-        if not both:
+        if mine != theirs:
             continue
-        same = set(split_parts(a)) == set(split_parts(b))
-        logger.warning("--tasks %s: task %r is scored on its [data.%s] (%s), which reads %s the adapter trained the "
-                       "task on (the [data.train] of %s: %s, of the same files), so its adapted scores are %s"
-                       "training scores; score it on a split or files of its own", spec.source_file, spec.name, split,
-                       f"split {a!r}" if a else "no split: the whole table",
-                       "the same rows" if same else f"rows (the part(s) {both})", saved.source_file,
-                       f"split {b!r}" if b else "no split: the whole table", "" if same else "partly ")
+        both = shared_parts(a, b)
+        if both:
+            _warn_trained(spec, split, saved, a, b, both)
+        elif length_decides(a, b):
+            left[spec.name] = (a, b)
+    return left
+
+
+def warn_trained_rows_read(lp: Pretrained, specs: list[TaskSpec], scored: Mapping[str, str | None],
+                           left: Mapping[str, tuple[str, str]], lengths: Mapping[str, Mapping[str, int]]) -> None:
+    """Warn of the pairs :func:`warn_trained_rows` left to the length of a split they slice, now that the scored split
+    of each task is read: ``lengths[task]``, the whole length of each split its read sliced
+    (:attr:`~mtl_lora_vl.data.records.Split.split_lengths`; the same files as the adapter's training split), decides
+    them as ``datasets`` counts the rows (:func:`~mtl_lora_vl.data.split_overlap.shared_on`). A split whose length the
+    read does not tell is not claimed."""
+    for spec in specs:
+        if spec.name not in left or scored.get(spec.name) is None:
+            continue
+        a, b = left[spec.name]
+        both = shared_on(a, b, lengths.get(spec.name, {}))
+        if both:
+            _warn_trained(spec, str(scored[spec.name]), lp.specs[spec.name], a, b, both)
+
+
+def _warn_trained(spec: TaskSpec, split: str, saved: TaskSpec, a: str, b: str, both: list[str]) -> None:
+    """The warning that ``spec``'s split table ``split`` (its ``split`` option ``a``) reads rows (its parts ``both``)
+    that the adapter's task, ``saved``, trained on (``[data.train]``'s ``split`` option ``b``)."""
+    same = set(split_parts(a)) == set(split_parts(b))
+    logger.warning("--tasks %s: task %r is scored on its [data.%s] (%s), which reads %s the adapter trained the "
+                   "task on (the [data.train] of %s: %s, of the same files), so its adapted scores are %s"
+                   "training scores; score it on a split or files of its own", spec.source_file, spec.name, split,
+                   f"split {a!r}" if a else "no split: the whole table",
+                   "the same rows" if same else f"rows (the part(s) {both})", saved.source_file,
+                   f"split {b!r}" if b else "no split: the whole table", "" if same else "partly ")

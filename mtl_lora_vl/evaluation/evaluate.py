@@ -36,7 +36,7 @@ from ..rundir import RunDirError, refuse_linked_outputs
 from ..tasks import resolve_tasks
 from ..tasks.spec import TaskSpec
 from ..whole_files import read_whole
-from .adapter_tasks import check_task_item, saved_task_roots, scoring_spec, warn_trained_rows
+from .adapter_tasks import check_task_item, saved_task_roots, scoring_spec, warn_trained_rows, warn_trained_rows_read
 from .predictions import PARTIAL, PredictionFiles, StagedFiles, check_recordable, merge_passes, stopped_predictions
 from .report import details_table, markdown_table, scored_line, selected_line, source_line, title, write_plots
 from .scored import adapter_base, scored_base
@@ -318,9 +318,11 @@ def _evaluate_adapter(adapter: Path, doc: dict, tasks: str | None, backbone: str
         model = MultiTaskModel(lp.backbone, kinds, nn.ModuleDict({t: lp.heads[t] for t in names}))
         setup = Setup(lp.backbone, specs, kinds, model, lp.config,
                       data_roots=saved_task_roots(lp, specs, data_root))
-        warn_trained_rows(lp, specs, {s.name: _split_for(s, split, warn=False) for s in specs},
-                          {s.name: setup.data_root(s.name, data_root) for s in specs})
+        scored = {s.name: _split_for(s, split, warn=False) for s in specs}
+        left = warn_trained_rows(lp, specs, scored, {s.name: setup.data_root(s.name, data_root) for s in specs})
         read_eval_splits(setup, [split], data_root)   # the kinds' checks of the data they will score
+        warn_trained_rows_read(lp, specs, scored, left, {   # (read: the lengths its slices were counted on)
+            s.name: setup.split_data(s, str(scored[s.name]), data_root).split_lengths for s in specs if s.name in left})
         if predictions:
             check_recordable(setup.kinds)
         loaded = base_weights_dtype(lp.backbone.model)
