@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from mtl_lora_vl.data.split_overlap import length_decides, shared_on
+from mtl_lora_vl.data.hf_slices import slice_rows
+from mtl_lora_vl.data.split_overlap import length_decides, shared_on, shared_parts
 from mtl_lora_vl.tasks.spec import load_spec
 
 SHARED = "[data.test] reads rows that [data.train] reads too (the same files; the split(s) ["
@@ -92,3 +93,38 @@ def test_shared_on_counts_as_datasets_does():
     assert shared_on("train[-5:]+test[:3]", "test[:-1]+train", {"train": 10, "test": 4}) == ["train[-5:]", "test[:3]"]
     assert not length_decides("train[:5]", "train[5:]")
     assert not length_decides("train[-5:]", "test[-5:]")
+
+
+def _rows_of(split: str, lengths: dict[str, int]) -> set[tuple[str, int]]:
+    """The rows ``datasets``' ``ReadInstruction`` reads of ``split`` on splits of ``lengths`` rows."""
+    from datasets import ReadInstruction
+
+    chosen = ReadInstruction.from_spec(split).to_absolute(lengths)
+    return {(c.splitname, i) for c in chosen for i in range(c.from_, c.to)}
+
+
+def test_joined_slices_counted_from_the_end_share_rows_as_datasets_reads_them():
+    """Every pair of joined splits (``train[-3:]+test[:2]``) of a grid of slices, on splits of a few lengths: the
+    names' verdict (shared_parts) claims only rows ``datasets`` reads in both, and where the names leave it to the
+    length (length_decides) shared_on claims exactly them."""
+    pytest.importorskip("datasets")
+    ends = ["", "2", "-3", "7", "-40%", "60%"]
+    singles = ["train", *(f"{n}[{a}:{b}]" for n in ("train", "test") for a in ends for b in ends)]
+    joined = [f"{a}+{b}" for a in singles[:13] for b in singles[13:] if "test" in b][::9]
+    checked = 0
+    for lengths in ({"train": 10, "test": 6}, {"train": 15, "test": 20}):
+        for one in joined + singles[1::4]:
+            for other in singles + joined[::4]:
+                try:   # (a split the reader refuses: a slice of no row, rows read twice)
+                    slice_rows(one, lengths, ""), slice_rows(other, lengths, "")
+                except ValueError:
+                    continue
+                mine, theirs = _rows_of(one, lengths), _rows_of(other, lengths)
+                told = shared_parts(one, other)
+                truth = {p for p in one.split("+") if _rows_of(p, lengths) & theirs}
+                assert set(told) <= truth, (one, other, lengths)
+                if not told:
+                    assert (set(shared_on(one, other, lengths)) if length_decides(one, other) else set()) == truth, \
+                        (one, other, lengths)
+                checked += bool(mine & theirs)
+    assert checked > 50   # (pairs that do share rows were compared, not only refused ones)
