@@ -18,9 +18,11 @@ from types import SimpleNamespace
 import pytest
 from test_train import small_specs
 
+from mtl_lora_vl import distributed as distributed_module
 from mtl_lora_vl.cli import commands, train_main
 from mtl_lora_vl.cli.commands import run_command
 from mtl_lora_vl.distributed import StartupError
+from mtl_lora_vl.rundir import RunDirError
 from mtl_lora_vl.training import cleanup as cleanup_module
 from mtl_lora_vl.training import train as train_module
 from mtl_lora_vl.training.stopping import RunStopped, Terminated
@@ -592,4 +594,67 @@ def test_a_stop_as_every_rank_s_set_up_is_ready_lets_the_lock_and_process_group_
         train_module.train(opts)
     assert type(raised.value) is stop
     assert closed == [*(["all_ready"] if where == "claim" else []), where, "lock", "process group"]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _refuse(error: BaseException):
+    def refuses(*args):
+        raise error
+    return refuses
+
+
+def _ctrl_c_then_all_ready(real):
+    def all_ready(i, error=None):
+        assert signal.getsignal(signal.SIGINT) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(signal.SIGINT)   # (the user's Ctrl-C cuts the clean-up after the error short)
+        real(i, error)
+    return all_ready
+
+
+@pytest.mark.parametrize("where, error", [
+    ("check_workers", ValueError), ("hold_run_dir", RunDirError), ("set-up", ValueError),
+    ("set-up, ctrl-c in all_ready", ValueError), ("claim_run_dir", Terminated), ("leftovers", PermissionError),
+    ("held elsewhere", RunDirError),
+])
+def test_every_failure_of_start_once_the_process_group_is_up_lets_it_go_once(monkeypatch, tmp_path, where, error):
+    """Helper 556: ``start``'s failures after ``init_distributed`` -- a refused ``--workers``, a resumed run's
+    directory held by another run, the clean-up after a failed set-up cut short by a Ctrl-C before ``all_ready``
+    tore the group down, and every failure once the run directory is claimed (``undo_start``) -- left the process
+    group up: ``train()`` called from Python (a notebook under torchrun's variables) went on with it. Each now lets it
+    go, once, after what the failing step lets go first (``all_ready``'s collective, which also lets it go)."""
+    resume = where in ("check_workers", "hold_run_dir", "set-up", "set-up, ctrl-c in all_ready")
+    opts = SimpleNamespace(resume=resume, validate=lambda: None, device="cpu", workers=0, steps=1, warmup=0,
+                           overwrite=False)
+    closed = _failed_set_up(monkeypatch, tmp_path, "nowhere")
+    group = {"up": True}
+
+    def destroy(info):   # (cleanup: a no-op once the group is down)
+        if group["up"]:
+            group["up"] = False
+            closed.append("process group")
+
+    monkeypatch.setattr(cleanup_module, "cleanup", destroy)
+    monkeypatch.setattr(distributed_module, "cleanup", destroy)   # (all_ready's, after a failed set-up)
+    if not where.startswith("set-up"):
+        monkeypatch.setattr(train_module, "prepare_rank", lambda *args: (opts, None, None, None))
+    if where == "set-up, ctrl-c in all_ready":
+        monkeypatch.setattr(train_module, "all_ready", _ctrl_c_then_all_ready(train_module.all_ready))
+    if where == "check_workers":
+        monkeypatch.setattr(train_module, "check_workers", _refuse(ValueError("--workers 99: this machine has 2 "
+                                                                              "cores; lower --workers")))
+    if where == "hold_run_dir" or where == "held elsewhere":
+        monkeypatch.setattr(train_module, "hold_run_dir", _refuse(RunDirError(f"{tmp_path}: a run is training in "
+                                                                              "it now")))
+    monkeypatch.setattr(train_module, "claim_run_dir", lambda run_dir, o, i: tmp_path)
+    if where == "claim_run_dir":
+        monkeypatch.setattr(train_module, "claim_run_dir", _refuse(Terminated()))
+    if where == "leftovers":
+        monkeypatch.setattr(train_module, "remove_overwrite_leftovers",
+                            _refuse(PermissionError(f"{tmp_path}/.RUN.deleting: permission denied")))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(error):
+        train_module.train(opts)
+    assert not group["up"]
+    assert closed.count("process group") == 1
+    assert closed[-1] == "process group"   # (last: after the lock and all_ready)
     assert signal.getsignal(signal.SIGTERM) == before

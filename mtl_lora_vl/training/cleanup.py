@@ -1,9 +1,10 @@
 """The clean-up of a training run that ends in an error or a stop: what it lets go (the loader's workers, the run's
 lock, the process group) and what it puts back (the run ``--overwrite`` replaced, before the new run's first
-checkpoint). :func:`.train.start` calls :func:`let_go` when it is stopped as its ranks' set-ups are found ready, and
-:func:`undo_start` when it fails once the run directory is claimed; ``train`` calls :func:`clean_up_run` when the run
-fails after it; each under :func:`.stopping.cleaning_up_after` (a SIGTERM there neither cuts the clean-up short nor
-replaces what ended the run), and the caller re-raises. :func:`close_run` ends every run, however it ends.
+checkpoint). :func:`.train.start` calls :func:`undo_start` when it fails once the run directory is claimed, and
+:func:`let_go` whenever it fails once the process group is up (after what each failing step lets go first: the
+lock, ``all_ready``'s collective); ``train`` calls :func:`clean_up_run` when the run fails after it; each under
+:func:`.stopping.cleaning_up_after` (a SIGTERM there neither cuts the clean-up short nor replaces what ended the run),
+and the caller re-raises. :func:`close_run` ends every run, however it ends.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ def undo_start(info: DistInfo, run_dir: Path, opts: TrainOptions, lock: IO | Non
         lock.close()
 
 
-def let_go(info: DistInfo, lock: IO | None) -> None:
-    """``start`` was stopped (or failed: another rank's start-up, the run directory's claim) once every rank's set-up
-    was done, as the run directory is claimed (which puts back what it set aside): the lock (a resumed run's) and the
-    process group are let go."""
-    if lock is not None:
-        lock.close()
+def let_go(info: DistInfo) -> None:
+    """``start`` failed (or was stopped) once the process group was up -- a refused ``--workers``, a set-up's error
+    (after ``all_ready``), the run directory's claim, :func:`undo_start`'s failure --: the process group is let go (a
+    no-op where ``all_ready`` already did, and in one process). It stayed up for a caller in Python."""
     cleanup(info)
 
 

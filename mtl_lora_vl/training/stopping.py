@@ -5,7 +5,8 @@ What each signal does where (exit status; the first event names it, a later SIGT
 aborts). Set-up and final evaluation run under :func:`terminate_raises`; the loop (and its last check) under
 :func:`stop_at_step_boundary`; the clean-up after an exception (``start``'s after a failed set-up included: the lock,
 ``all_ready``; and after a stop or an error in the ``all_ready`` that finds every set-up done or the run directory's
-claim: the lock and the process group, no second ``all_ready``) under :func:`cleaning_up_after`:
+claim: the lock, no second ``all_ready``; then, on every way out of ``start`` once the process group is up, the
+process group) under :func:`cleaning_up_after`:
 
 =====================  ==================  =====================  =====================  =======================
 case                   set-up              loop                   final evaluation       clean-up after it

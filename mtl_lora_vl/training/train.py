@@ -139,6 +139,16 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         opts = resumed_options(run_dir, opts, given)
         opts.validate()
     info = init_distributed(opts.device)
+    try:   # a failure from here on lets the process group go, once (a no-op where all_ready did), after what its
+        return _start_in_group(opts, given, run_dir, info)   # own clean-up does first (all_ready's collective)
+    except BaseException as e:   # (train() from Python, a notebook under torchrun's variables: the group stayed up)
+        with cleaning_up_after(e):
+            let_go(info)
+        raise
+
+
+def _start_in_group(opts: TrainOptions, given: Collection[str] | None, run_dir: Path, info: DistInfo) -> Run:
+    """``start`` once the process group is up (``start`` lets it go where this fails)."""
     check_workers(opts.workers, info)
     lock = hold_run_dir(run_dir, info) if opts.resume else None   # a resume: before it reads the checkpoint
     try:   # every rank's set-up, before rank 0 claims (and may --overwrite) the run directory
@@ -153,14 +163,15 @@ def start(opts: TrainOptions, given: Collection[str] | None = None) -> Run:
         raise
     # every rank's set-up found ready, then the run directory claimed (a default name taken meanwhile: the next free
     # one), two collectives: a Ctrl-C / SIGTERM while the ranks wait in them (raised as they return), another rank's
-    # failure (StartupError) or a RunDirError lets the lock and the process group go (claim_run_dir puts back a run it
-    # set aside). Not in the try above: its all_ready again, a collective the other ranks have left, hangs.
+    # failure (StartupError) or a RunDirError lets the lock go (claim_run_dir puts back a run it set aside; start, the
+    # process group). Not in the try above: its all_ready again, a collective the other ranks have left, hangs.
     try:
         all_ready(info)
         run_dir = claim_run_dir(run_dir, opts, info)
     except BaseException as e:
         with cleaning_up_after(e):
-            let_go(info, lock)
+            if lock is not None:
+                lock.close()
         raise
     total_steps = opts.steps
     held_elsewhere = False
