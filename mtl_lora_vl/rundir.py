@@ -228,7 +228,8 @@ def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
                     os.replace(replaced_dir(run), run)
                     aside[0] = False
                     error += " (the run it would replace is left as it was)"
-        claimed, error = broadcast_from_main((str(claimed), error), info)
+        got, error = broadcast_from_main((str(claimed), error), info)
+        claimed = Path(got)   # (in the try: a stop as the path is made -- Python code, where it lands -- put back too)
     except BaseException:   # SIGTERM (torchrun's, a peer failed) or Ctrl-C once the old run was set aside: put back
         if aside[0]:
             with stop_signals_ignored():
@@ -236,7 +237,7 @@ def claim_run_dir(run: Path, opts: TrainOptions, info: DistInfo) -> Path:
         raise
     if error is not None:
         raise RunDirError(error)
-    return Path(claimed)
+    return claimed
 
 
 def _claim(run: Path, opts: TrainOptions, aside: list[bool]) -> Path:

@@ -13,7 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from mtl_lora_vl import rundir
 from mtl_lora_vl.backbones import builtin_dir
+from mtl_lora_vl.distributed import DistInfo
+from mtl_lora_vl.options import TrainOptions
+from mtl_lora_vl.training.stopping import Terminated, terminate_raises
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.skipif(not (builtin_dir() / "model.safetensors").is_file(),
@@ -238,5 +242,36 @@ def test_a_run_folder_that_cannot_be_made_again_puts_the_replaced_run_back(tmp_p
     monkeypatch.setattr(Path, "mkdir", full)
     with pytest.raises(rundir.RunDirError, match="cannot make the run directory.*Disk quota exceeded"):
         rundir.claim_run_dir(run, opts, DistInfo())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert (run / "metrics.jsonl").read_text() == "old\n"
+
+
+def test_a_sigterm_as_the_claimed_path_is_made_puts_the_replaced_run_back(tmp_path, monkeypatch):
+    """Helper 556: claim_run_dir made the returned ``Path`` after its ``try``: a SIGTERM (or Ctrl-C) landing there --
+    pathlib's own Python code, where a pending signal's handler runs -- escaped it after the old run was set aside,
+    and start's clean-up (the lock, the process group) does not put it back: the old run was left in .run.replaced,
+    an empty run/ in its place. The path is now made inside the ``try`` that puts the run back."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"tasks": "vqa", "method": "mtl_lora", "out": str(run)}))
+    (run / "metrics.jsonl").write_text("old\n")
+    opts = TrainOptions(tasks="vqa", out=str(run), overwrite=True, device="cpu")
+    real_path, real_broadcast, sent = rundir.Path, rundir.broadcast_from_main, []
+
+    def broadcast(obj, info):
+        sent.append("broadcast")
+        return real_broadcast(obj, info)
+
+    def made(*parts):   # a SIGTERM as the claimed path (str(run), broadcast) is made
+        if sent == ["broadcast"] and parts == (str(run),):
+            sent.append("SIGTERM")
+            signal.raise_signal(signal.SIGTERM)
+        return real_path(*parts)
+
+    monkeypatch.setattr(rundir, "broadcast_from_main", broadcast)
+    monkeypatch.setattr(rundir, "Path", made)
+    with pytest.raises(Terminated), terminate_raises():
+        rundir.claim_run_dir(run, opts, DistInfo())
+    assert sent == ["broadcast", "SIGTERM"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert (run / "metrics.jsonl").read_text() == "old\n"
