@@ -560,6 +560,34 @@ def test_a_sigterm_as_a_command_s_bug_leaves_still_reaches_the_caller_s_handler(
         signal.signal(signal.SIGTERM, before)
 
 
+def test_a_script_s_own_sigterm_handler_raising_as_a_command_s_bug_leaves_is_not_dropped(monkeypatch):
+    """...but a script's own handler that raises (``sys.exit`` on SIGTERM) asked to stop there: its ``SystemExit``
+    goes on, the bug as its context -- only an outer command's ``Terminated`` is dropped (a debug line had swallowed
+    the script's exit, and its loop of commands went on)."""
+    real = commands.cli_logging
+
+    @contextlib.contextmanager
+    def logging_with_a_sigterm_as_it_leaves(level):
+        with real(level) as log:
+            try:
+                yield log
+            finally:
+                signal.raise_signal(signal.SIGTERM)
+
+    def exits(signum, frame):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(commands, "cli_logging", logging_with_a_sigterm_as_it_leaves)
+    before = signal.signal(signal.SIGTERM, exits)
+    try:
+        with pytest.raises(SystemExit) as raised:
+            run_command("warning", _bug)
+        assert raised.value.code == 3
+        assert isinstance(raised.value.__context__, TypeError)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 @pytest.mark.parametrize("where, stopped_by, stop", [
     ("all_ready", signal.SIGINT, KeyboardInterrupt), ("all_ready", signal.SIGTERM, Terminated),
     ("all_ready", None, StartupError), ("claim", signal.SIGTERM, Terminated),

@@ -28,8 +28,8 @@ stop's status where a SIGTERM's Terminated cut into it; an error cut there by a 
 (:class:`TerminateUntilDone`); one ignored there goes on to the caller's Python handler once that is back (an outer
 command's, a script's: :func:`terminate_until_done`), not to the default one (the process is exiting with the status);
 where an error leaves the command (a bug; any error under ``MTL_LORA_VL_DEBUG=1``) that handler is called with it and
-what it raises is dropped: the error stands (an outer command's ``Terminated`` raised over it exited 143, the bug's
-traceback lost).
+an outer command's ``Terminated`` it raises is dropped: the error stands (raised over it, it exited 143, the bug's
+traceback lost); a script's own exception (its ``SystemExit``) goes on, the error its context.
 ``bench`` reports its outcome the same way.
 Not covered: before ``run_command`` (or ``bench``) sets its handler and after it returns, SIGTERM's default (nothing
 begun, or the process exiting); as the work ends, until its ``terminate_raises`` has put the handler back, a SIGTERM
@@ -182,9 +182,10 @@ def terminate_until_done() -> Iterator[TerminateUntilDone]:
     process is about to exit with the command's status: not sent again (it would kill it, -15, over that status).
 
     Where an exception leaves the command (a bug, any error under ``MTL_LORA_VL_DEBUG=1``), it stands, as in every
-    clean-up after an error: the handler is called with the SIGTERM (a script's that notes it still sees it), and
-    what it raises (an outer command's ``Terminated``) is dropped. Sent again, that ``Terminated`` was raised over
-    the error: the outer command exited 143 and the bug's traceback was lost."""
+    clean-up after an error: the handler is called with the SIGTERM (a script's that notes it still sees it), and an
+    outer command's ``Terminated`` it raises is dropped. Sent again, that ``Terminated`` was raised over the error:
+    the outer command exited 143 and the bug's traceback was lost. Anything else a script's own handler raises (its
+    ``SystemExit``) goes on, the error as its context: the script asked to stop there."""
     sigterm = TerminateUntilDone()
     try:
         with handlers_set({signal.SIGTERM: sigterm}):
@@ -199,13 +200,13 @@ def terminate_until_done() -> Iterator[TerminateUntilDone]:
 
 def _given_while_leaving(leaving: BaseException) -> None:
     """The SIGTERM a command ignored, given to the Python handler put back (if any) while ``leaving`` leaves the
-    command: what the handler raises does not replace it."""
+    command: an outer command's ``Terminated`` it raises does not replace it; a script's own exception goes on."""
     handler = signal.getsignal(signal.SIGTERM)
     if not callable(handler):
         return
     try:
         handler(signal.SIGTERM, None)
-    except BaseException as e:   # (an outer command's terminate_raises: Terminated; the error stands, see the table)
+    except Terminated as e:   # (an outer command's terminate_raises; the error stands, see the table)
         logger.debug("%sSIGTERM as %s left the command: %r dropped (the error stands)", rank_prefix(),
                      type(leaving).__name__, e)
 
