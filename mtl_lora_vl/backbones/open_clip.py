@@ -173,6 +173,9 @@ class CoCaBackbone(OpenClipBackbone):
             if isinstance(value, bool) or value < 1 or int(value) != value:
                 raise ValueError(f"generate: {name} must be an integer >= 1, got {value!r}")
         max_len, beam_size = int(max_len), int(beam_size)
+        if isinstance(images, Tensor) and images.dim() == 4 and images.shape[0] == 0:   # (torch: "cannot reshape")
+            raise ValueError(f"generate: no images (a batch of shape {tuple(images.shape)}); backbone {self.name!r} "
+                             "(CoCa) writes one caption per image: pass at least one")
         self.check_caption_tokens()
         _, image_embs = self.resize.checked(self._tower_call(self.model._encode_image, "generate"), images,
                                             "generate", self.name)
