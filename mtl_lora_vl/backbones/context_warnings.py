@@ -1,9 +1,10 @@
-"""Saying when a language model's rows pass its context (its positions past it were never trained: what is generated
-or scored there goes silently wrong): ``generate``'s prompts plus the new tokens, ``sequence_scores``' prompts plus the
-longest candidate. Said on every call, but once per task inside :func:`once_per_task`, which a task's evaluation opens:
-there every batch (and every group of candidates, every pass) would say it again. That one line is said when the scope
-closes, of the widest call (the first call past the context can be far narrower than the longest prompt). Under
-torchrun each rank says its own calls' (``rank_warning``): the rows past the context may all be another rank's shard."""
+"""Saying when a language model's rows pass its context (its positions past it were never trained: what is generated or
+scored there goes silently wrong): ``generate``'s prompts plus the new tokens, ``sequence_scores``' prompts plus the
+longest candidate; and a CoCa caption decoder's ``max_len`` past its context (its captions stop there). Said on every
+call, but once per task inside :func:`once_per_task`, which a task's evaluation opens: there every batch (and every
+group of candidates, every pass) would say it again. That one line is said when the scope closes, of the widest call
+(the first call past the context can be far narrower than the longest prompt). Under torchrun each rank says its own
+calls' (``rank_warning``): the rows past the context may all be another rank's shard."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from ..log import rank_warning
 
-__all__ = ["once_per_task", "warn_past_context", "warn_scored_past_context"]
+__all__ = ["once_per_task", "warn_caption_cut", "warn_past_context", "warn_scored_past_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,15 @@ def warn_past_context(backbone: Any, width: int, new_tokens: int, what: str) -> 
     if context and width + new_tokens > context:
         _say(backbone, what, width + new_tokens, "%s: prompts of up to %d tokens plus %d new ones pass the language "
              "model's context of %d tokens; shorten the prompts or lower max_len", what, width, new_tokens, context)
+
+
+def warn_caption_cut(backbone: Any, max_len: int, context: int) -> None:
+    """Warn when a caption decoder's ``generate`` is asked for ``max_len`` new tokens past its ``context`` (its start
+    token and ``context - 1`` new ones): the captions stop there, not at ``max_len`` (1000 gave 19 tokens, unsaid)."""
+    if max_len > context - 1:
+        _say(backbone, "generate", max_len, "generate: max_len %d passes the caption decoder's context of %d tokens "
+             "(its start token and %d new ones): captions stop at %d tokens; lower max_len to %d or less", max_len,
+             context, context - 1, context - 1, context - 1)
 
 
 def warn_scored_past_context(backbone: Any, width: int, cands: list[list[list[int]]]) -> None:

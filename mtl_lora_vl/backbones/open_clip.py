@@ -42,6 +42,7 @@ from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
 from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache, local_folder
 from .coca_decoding import CoCaStepper, supports_kv_cache
+from .context_warnings import warn_caption_cut
 from .offline import offline
 from .open_clip_text import OpenClipText
 from .open_clip_tokenizer import check_pooling, folder_tokenizer, hf_text_tower_message, open_clip_tokenizer
@@ -177,6 +178,7 @@ class CoCaBackbone(OpenClipBackbone):
             raise ValueError(f"generate: no images (a batch of shape {tuple(images.shape)}); backbone {self.name!r} "
                              "(CoCa) writes one caption per image: pass at least one")
         self.check_caption_tokens()
+        warn_caption_cut(self, max_len, self.context_length)
         _, image_embs = self.resize.checked(self._tower_call(self.model._encode_image, "generate"), images,
                                             "generate", self.name)
         image_embs = image_embs.repeat_interleave(beam_size, dim=0)
