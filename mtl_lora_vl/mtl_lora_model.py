@@ -9,7 +9,6 @@ and habits (frozen loading for inference, ``merge_and_unload``, attribute pass-t
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -24,6 +23,7 @@ from .adapters.grow import AddedTask, add_task
 from .adapters.layers import AdapterBank
 from .adapters.routing import RoutingError, check_module, find_router
 from .adapters.scopes import EagerScope, disabled, named, route
+from .backbones.coca_generate import coca_generate, is_open_clip_coca
 from .config import MTLLoRAConfig
 from .io.adapter_files import load_adapter, read_adapter_config, require_head_modules, save_adapter
 from .io.layout import AdapterFileError, check_adapter_path, state_file
@@ -408,10 +408,13 @@ class MTLLoRAModel(nn.Module):
 
     def generate(self, *args: Any, tasks: TaskSpec | None = None, adapter_names: Sequence[str] | None = None,
                  **kwargs: Any) -> Any:
-        """The base model's ``generate``; ``tasks`` gives one task per input row, through every step."""
-        _check_coca_generate(self.base_model)
+        """The base model's ``generate``; ``tasks`` gives one task per input row, through every step. On an open_clip
+        CoCa, open_clip's ``generate`` call (its arguments; greedy or beam search) run by the package's own caption
+        decoding (:func:`~.backbones.coca_generate.coca_generate`): open_clip's needs transformers 4."""
         _check_pixel_values(kwargs, "MTLLoRAModel.generate")
         with self._routed(tasks, adapter_names):
+            if is_open_clip_coca(self.base_model):
+                return coca_generate(self.base_model, args, kwargs)
             return self.base_model.generate(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -429,23 +432,6 @@ class MTLLoRAModel(nn.Module):
 
 
 skip_top_frame(MTLLoRAModel.forward)
-
-
-def _check_coca_generate(model: nn.Module) -> None:
-    """open_clip's ``CoCa.generate`` imports its samplers from transformers, which transformers 5 no longer has (the
-    package needs transformers 5): open_clip then says "Please install transformers", which is installed. Refused
-    here, naming the backbone's own captioning (routed greedy / beam search with a KV cache), which works."""
-    coca = next((c for c in type(model).__mro__ if c.__module__ == "open_clip.coca_model" and c.__name__ == "CoCa"),
-                None)
-    if coca is None or getattr(sys.modules[coca.__module__], "_has_transformers", True):
-        return
-    raise RuntimeError(
-        "MTLLoRAModel.generate: open_clip's CoCa.generate cannot run with this transformers: it imports "
-        "BeamSearchScorer and the logits warpers, which transformers 5 removed (open_clip then asks to install "
-        "transformers, which is installed). Caption through the package's CoCa backbone instead: "
-        "bb = mtl_lora_vl.backbones.load_backbone('open_clip:DIR' or 'open_clip:NAME', pretrained=FILE); "
-        "model = MTLLoRAModel(bb.model, cfg); with model.route(tasks): bb.generate(images, max_len=20, beam_size=3) "
-        "(one task per image, greedy or beams)")
 
 
 def _check_pixel_values(kwargs: dict[str, Any], what: str) -> None:

@@ -1,38 +1,111 @@
-"""``MTLLoRAModel(coca).generate`` is open_clip's ``CoCa.generate``, which imports its samplers from transformers 4
-(``BeamSearchScorer``, the logits warpers): under the transformers 5 this package needs it failed with open_clip's
-"Please install transformers" (installed). It is refused naming the backbone's own routed captioning."""
+"""``MTLLoRAModel(coca).generate`` takes open_clip's ``CoCa.generate`` arguments and runs the package's own caption
+decoding under the wrapper's route: open_clip's own imports its samplers from transformers 4 (``BeamSearchScorer``, the
+logits warpers), so under the transformers 5 this package needs it failed with open_clip's "Please install
+transformers" (installed), and was then refused. The tokens are those ``bb.generate`` writes under ``model.route``,
+greedy and beams, one task per image; what it cannot run (sampling, group diversity, ...) is refused by name."""
 
 from __future__ import annotations
 
-import open_clip.coca_model
+import logging
+
 import pytest
 import torch
-from vl_tiny import tiny_backbone
+from vl_tiny import CONTEXT, tiny_backbone
+from vlm_checks import perturb_adapters
 
 import mtl_lora_vl as mlv
 
-
-@pytest.fixture
-def coca(tmp_path):
-    return tiny_backbone(tmp_path, coca=True)   # (a fresh one per test: each attaches)
+TASKS = ["captioning", "retrieval", "captioning"]
 
 
-def test_wrapper_generate_on_a_coca_names_the_backbones_generate(coca, monkeypatch):
-    monkeypatch.setattr(open_clip.coca_model, "_has_transformers", False)   # (as under transformers 5)
-    model = mlv.MTLLoRAModel(coca.model, mlv.MTLLoRAConfig(tasks=["captioning", "retrieval"], r=2))
+@pytest.fixture(scope="module")
+def coca(tmp_path_factory):
+    torch.manual_seed(0)
+    bb = tiny_backbone(tmp_path_factory.mktemp("coca"), coca=True)
+    model = mlv.MTLLoRAModel(bb.model, mlv.MTLLoRAConfig(tasks=["captioning", "retrieval"], r=2))
+    perturb_adapters(bb.model, std=0.3)   # (B starts at zero: the tasks would caption alike)
+    return bb, model
+
+
+def _ids(bb) -> dict:
+    return dict(sot_token_id=bb.bos_id, eos_token_id=bb.eos_id, pad_token_id=bb.pad_id)
+
+
+@pytest.mark.parametrize(("theirs", "ours"), [
+    (dict(generation_type="top_k", seq_len=8), dict(max_len=7)),                  # open_clip's greedy (top_k=1)
+    (dict(generation_type="greedy", max_len=7), dict(max_len=7)),
+    (dict(generation_type="beam_search", num_beams=3, seq_len=8), dict(max_len=7, beam_size=3)),
+    (dict(beam_size=2, max_len=5), dict(max_len=5, beam_size=2)),
+])
+def test_wrapper_generate_on_a_coca_writes_the_backbones_tokens_per_task(coca, theirs, ours):
+    bb, model = coca
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with model.route(TASKS):
+        want = bb.generate(images, **ours)
+    with model.route("captioning"):
+        one_task = bb.generate(images, **ours)
+    assert want != one_task   # (the route matters: the retrieval row captions otherwise)
+    for out in (model.generate(images, tasks=TASKS, **_ids(bb), **theirs),
+                model.generate(images, adapter_names=TASKS, **_ids(bb), **theirs)):
+        assert out.dtype == torch.long and out.shape[0] == 3 and (out[:, 0] == bb.bos_id).all()
+        assert [bb.decode(row) for row in out] == want
+    with model.route(TASKS):   # an open route
+        assert [bb.decode(row) for row in model.generate(images, **_ids(bb), **theirs)] == want
+
+
+def test_open_clips_positional_arguments_and_fixed_length(coca):
+    bb, model = coca
     images = torch.randn(2, 3, 32, 32)
-    for kwargs in ({"tasks": ["captioning", "retrieval"]}, {}):
-        with pytest.raises(RuntimeError, match=r"open_clip's CoCa.generate cannot run .* transformers 5 removed.*"
-                                               r"with model.route\(tasks\): bb.generate\(images"):
-            model.generate(images, seq_len=6, **kwargs)
-    with model.route(["captioning", "retrieval"]):   # the way the message names
-        assert len(coca.generate(images, max_len=3, beam_size=2)) == 2
+    # generate(image, text, seq_len, max_seq_len, temperature, generation_type, top_p, top_k, pad, eos, sot, ...)
+    out = model.generate(images, None, 6, 77, 1.0, "top_k", 0.1, 1, bb.pad_id, bb.eos_id, bb.bos_id, tasks=TASKS[:2])
+    with model.route(TASKS[:2]):
+        assert [bb.decode(row) for row in out] == bb.generate(images, max_len=5)
+    fixed = model.generate(images, seq_len=6, generation_type="greedy", fixed_output_length=True, tasks=TASKS[:2],
+                           **_ids(bb))
+    assert fixed.shape == (2, 6) and torch.equal(fixed[:, :out.shape[1]], out)
 
 
-def test_wrapper_generate_on_a_coca_is_open_clips_where_it_can_run(coca, monkeypatch):
-    monkeypatch.setattr(open_clip.coca_model, "_has_transformers", True)
-    calls = []
-    monkeypatch.setattr(open_clip.coca_model.CoCa, "generate", lambda self, image, **kw: calls.append(kw) or "ran")
-    model = mlv.MTLLoRAModel(coca.model, mlv.MTLLoRAConfig(tasks=["captioning"], r=2))
-    assert model.generate(torch.randn(1, 3, 32, 32), tasks="captioning", seq_len=6) == "ran"
-    assert calls == [{"seq_len": 6}]
+@pytest.mark.parametrize(("kw", "message"), [
+    (dict(generation_type="top_p"), r"generation_type='top_p' is not run here: only greedy decoding"),
+    (dict(generation_type="top_k", top_k=5), r"top_k=5 samples, which is not run here"),
+    (dict(num_beam_groups=3), r"num_beam_groups=3 is not run here \(diverse group beam search"),
+    (dict(min_seq_len=5), r"min_seq_len=5 is not run here \(a minimum caption length"),
+    (dict(repetition_penalty=1.2), r"repetition_penalty=1.2 is not run here"),
+    (dict(text=torch.ones(2, 1, dtype=torch.long)),
+     r"text=a tensor of shape \(2, 1\) is not run here \(a prompt to continue"),
+    (dict(stopping_criteria=[]), r"stopping_criteria=\[\] is not run here"),
+    (dict(generation_type="greedy", num_beams=3), r"'greedy' decoding keeps one sequence, but 3 beams"),
+    (dict(seq_len=1), r"seq_len must be an integer >= 2, got 1"),
+    (dict(num_beams=2.5), r"num_beams must be an integer >= 1, got 2.5"),
+    (dict(seq_len=10, max_seq_len=5), r"max_seq_len=5 .* is not run here"),
+])
+def test_what_the_decoding_does_not_run_is_refused_by_name(coca, kw, message):
+    bb, model = coca
+    with pytest.raises(ValueError, match=r"MTLLoRAModel.generate \(CoCa\): " + message):
+        model.generate(torch.randn(2, 3, 32, 32), tasks=TASKS[:2], **{**_ids(bb), **kw})
+
+
+def test_bad_calls_are_named(coca):
+    bb, model = coca
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"sot_token_id \(open_clip's default 49406, CLIP's BPE\) is not a token of "
+                                         r"the model's vocabulary of \d+; pass sot_token_id=, eos_token_id="):
+        model.generate(images, tasks=TASKS[:2])
+    with pytest.raises(TypeError, match=r"pass seq_len \(open_clip's\) or max_len \(the backbone's\), not both"):
+        model.generate(images, seq_len=5, max_len=4, tasks=TASKS[:2], **_ids(bb))
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'max_new_tokens'"):
+        model.generate(images, max_new_tokens=4, tasks=TASKS[:2], **_ids(bb))
+    with pytest.raises(ValueError, match=r"no images \(a batch of shape \(0, 3, 32, 32\)\)"):
+        model.generate(images[:0], tasks="captioning", **_ids(bb))
+
+
+def test_a_seq_len_past_the_context_is_said(coca, caplog):
+    bb, model = coca
+    images = torch.randn(1, 3, 32, 32)
+    with caplog.at_level(logging.WARNING):
+        out = model.generate(images, seq_len=100, generation_type="greedy", tasks=["retrieval"], **_ids(bb))
+    assert out.shape[1] <= CONTEXT
+    said = [r.getMessage() for r in caplog.records if "caption decoder's context" in r.getMessage()]
+    assert said == [f"generate: seq_len 100 passes the caption decoder's context of {CONTEXT} tokens (its start "
+                    f"token and {CONTEXT - 1} new ones): captions stop at {CONTEXT - 1} tokens; lower seq_len to "
+                    f"{CONTEXT} or less"]

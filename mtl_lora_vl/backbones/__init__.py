@@ -1,17 +1,16 @@
 """Base vision-language models behind one interface (:class:`Backbone`), loaded from local files.
 
-One module per concept: ``base`` (the interface, capabilities, registry), ``spec`` (backbone strings),
-``tokenizers``, ``offline`` (the no-download scope), ``cache`` (models already in the local Hugging Face or
-open_clip cache), ``builtin`` (where the built-in backbone lives), ``open_clip`` (CLIP and CoCa; CoCa's
-KV-cached caption step in ``coca_decoding``), ``hf_clip`` (Hugging Face CLIP), ``hf_vlm`` (Hugging Face
-LLaVA, and the language-model API every VLM family shares; their prompt collation in ``lm_collate``, their
-processor and its image-token count check in ``hf_processor``), ``paligemma`` (its prefix-LM prompt), ``gemma3`` (Gemma
-3: its image wrap and attention), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches and M-RoPE positions),
-``idefics3`` (Idefics3 and SmolVLM: each image split into crops and its global image, as their processor),
-``llava_next`` (LLaVA-NeXT and LLaVA-OneVision: each image's views at its own aspect, as their processor),
+One module per concept: ``base`` (the interface, capabilities, registry), ``spec`` (backbone strings), ``tokenizers``,
+``offline`` (the no-download scope), ``cache`` (models already in the local Hugging Face or open_clip cache),
+``builtin`` (where the built-in backbone lives), ``open_clip`` (CLIP and CoCa; CoCa's KV-cached caption step in
+``coca_decoding``; open_clip's ``CoCa.generate`` call run by it in ``coca_generate``), ``hf_clip`` (Hugging Face CLIP),
+``hf_vlm`` (Hugging Face LLaVA, and the language-model API every VLM family shares; their prompt collation in
+``lm_collate``, their processor and its image-token count check in ``hf_processor``), ``paligemma`` (its prefix-LM
+prompt), ``gemma3`` (Gemma 3: its image wrap and attention), ``qwen2_vl`` (Qwen2-VL and Qwen2.5-VL: their image patches
+and M-RoPE positions), ``idefics3`` (Idefics3 and SmolVLM: each image split into crops and its global image, as their
+processor), ``llava_next`` (LLaVA-NeXT and LLaVA-OneVision: each image's views at its own aspect, as their processor),
 ``image_reading`` (the switch both share), ``mistral3`` (Mistral 3: its ``[IMG_BREAK]`` / ``[IMG_END]`` image rows),
-``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading`` (:func:`load_backbone`).
-"""
+``hf`` (Hugging Face directories), ``beam`` (beam search) and ``loading`` (:func:`load_backbone`)."""
 
 from .base import CAPABILITIES, Backbone, BackboneError, backbone_class, backbone_class_for
 from .builtin import builtin_dir

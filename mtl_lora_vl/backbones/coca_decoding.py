@@ -13,13 +13,17 @@ padding mask is needed: each gets exactly the logits of the full forward.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..adapters.attention import LoRAMultiheadAttention, packed_projection
+from ..adapters.generation import expanded_rows
+from .beam import beam_search
 
-__all__ = ["CoCaStepper", "supports_kv_cache"]
+__all__ = ["CoCaStepper", "caption_ids", "supports_kv_cache"]
 
 
 def _blocks(model: nn.Module) -> list[nn.Module]:
@@ -46,6 +50,27 @@ def supports_kv_cache(model: nn.Module) -> bool:
                 and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))):
             return False
     return True
+
+
+@torch.no_grad()
+def caption_ids(model: nn.Module, image_embs: Tensor, max_len: int, beam_size: int, bos_id: int, eos_id: int,
+                pad_id: int, banned: Iterable[int] = (), use_cache: bool = True) -> Tensor:
+    """The caption token ids ``(B, 1 + steps)`` of an open_clip CoCa ``model`` for its decoder's image tokens
+    ``image_embs`` (``B`` rows), as :func:`~.beam.beam_search` returns them: greedy (``beam_size=1``) or beams, at most
+    ``max_len`` new tokens (the caller keeps them within the context). Under a mixed ``route`` each image's beams use
+    its task (``expanded_rows``). With ``use_cache`` (and a layout :func:`supports_kv_cache` takes) each step runs
+    only the new token over cached keys and values; without, each step re-runs the whole prefix."""
+    batch = image_embs.shape[0]
+    image_embs = image_embs.repeat_interleave(beam_size, dim=0)
+
+    def full_step(seqs: Tensor) -> Tensor:
+        _, token_embs = model._encode_text(seqs)
+        return model.text_decoder(image_embs, token_embs)[:, -1]
+
+    with expanded_rows(model, beam_size):  # the decoder sees beam_size rows per routed image row
+        stepper = CoCaStepper(model, image_embs) if use_cache and supports_kv_cache(model) else None
+        return beam_search(stepper or full_step, batch, beam_size, max_len, bos_id, eos_id, pad_id, banned=banned,
+                           device=image_embs.device, reorder=stepper.reorder if stepper else None)
 
 
 class CoCaStepper:

@@ -84,13 +84,15 @@ def warn_past_context(backbone: Any, width: int, new_tokens: int, what: str) -> 
              "model's context of %d tokens; shorten the prompts or lower max_len", what, width, new_tokens, context)
 
 
-def warn_caption_cut(backbone: Any, max_len: int, context: int) -> None:
+def warn_caption_cut(backbone: Any, max_len: int, context: int, seq_len: bool = False) -> None:
     """Warn when a caption decoder's ``generate`` is asked for ``max_len`` new tokens past its ``context`` (its start
-    token and ``context - 1`` new ones): the captions stop there, not at ``max_len`` (1000 gave 19 tokens, unsaid)."""
+    token and ``context - 1`` new ones): the captions stop there, not at ``max_len`` (1000 gave 19 tokens, unsaid).
+    ``seq_len``: the call gave open_clip's ``seq_len``, ``max_len + 1`` (the start token counted), named as given."""
     if max_len > context - 1:
-        _say(backbone, "generate", max_len, "generate: max_len %d passes the caption decoder's context of %d tokens "
-             "(its start token and %d new ones): captions stop at %d tokens; lower max_len to %d or less", max_len,
-             context, context - 1, context - 1, context - 1)
+        name, given, most = ("seq_len", max_len + 1, context) if seq_len else ("max_len", max_len, context - 1)
+        _say(backbone, "generate", max_len, "generate: %s %d passes the caption decoder's context of %d tokens (its "
+             "start token and %d new ones): captions stop at %d tokens; lower %s to %d or less", name, given,
+             context, context - 1, context - 1, name, most)
 
 
 def warn_scored_past_context(backbone: Any, width: int, cands: list[list[list[int]]]) -> None:

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..adapters.generation import expanded_rows
 from ..data.resize import ImageResize
 from ..families import OPEN_CLIP_CONFIG
 from ..whole_files import read_whole
@@ -38,10 +37,9 @@ from .base import (
     register_backbone,
     resolve_base_dtype,
 )
-from .beam import beam_search
 from .builtin import BUILTIN_NAME, builtin_files
 from .cache import cached_open_clip_weights, clip_url_cache, hf_hub_cache, local_folder
-from .coca_decoding import CoCaStepper, supports_kv_cache
+from .coca_decoding import caption_ids
 from .context_warnings import warn_caption_cut
 from .offline import offline
 from .open_clip_text import OpenClipText
@@ -181,20 +179,10 @@ class CoCaBackbone(OpenClipBackbone):
         warn_caption_cut(self, max_len, self.context_length)
         _, image_embs = self.resize.checked(self._tower_call(self.model._encode_image, "generate"), images,
                                             "generate", self.name)
-        image_embs = image_embs.repeat_interleave(beam_size, dim=0)
-
-        def full_step(seqs: Tensor) -> Tensor:
-            _, token_embs = self.model._encode_text(seqs)
-            return self.model.text_decoder(image_embs, token_embs)[:, -1]
-
         unk = getattr(self.tokenizer, "unk_id", None)
-        with expanded_rows(self.model, beam_size):  # the decoder sees beam_size rows per routed image row
-            stepper = CoCaStepper(self.model, image_embs) if use_cache and supports_kv_cache(self.model) else None
-            best = beam_search(stepper or full_step, images.shape[0], beam_size,
-                               max(1, min(int(max_len), self.context_length - 1)),
-                               self.bos_id, self.eos_id, self.pad_id,
-                               banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))},
-                               device=image_embs.device, reorder=stepper.reorder if stepper else None)
+        best = caption_ids(self.model, image_embs, max(1, min(max_len, self.context_length - 1)), beam_size,
+                           self.bos_id, self.eos_id, self.pad_id,
+                           banned={self.pad_id, self.bos_id, *(() if unk is None else (unk,))}, use_cache=use_cache)
         return [self.decode(row) for row in best]
 
 
