@@ -52,7 +52,9 @@ def test_what_the_names_alone_cannot_tell_is_not_claimed():
 # (the overlap check compared the percents alone and said train[:50%] and train[50%:](pct1_dropremainder) share none).
 ROUNDED_APART = [("train[:50%]", "train[50%:](pct1_dropremainder)"),
                  ("train[50%:](pct1_dropremainder)", "train[:50%]"),
-                 ("train[:50%]", "train[60%:](pct1_dropremainder)")]
+                 ("train[:50%]", "train[60%:](pct1_dropremainder)"),
+                 # (no row in common on a split shorter than 181 rows: 8% to 13% of 181 is rows 14 to 23)
+                 ("train[8%:13%]", "train[23%:29%](pct1_dropremainder)")]
 
 
 @pytest.mark.parametrize(("train", "test"), [*ROUNDED_APART, ("train[:50%](pct1_dropremainder)", "train[40%:]")])
@@ -62,7 +64,8 @@ def test_slices_rounded_two_ways_sharing_rows_are_warned_of(tmp_path, caplog, tr
 
 @pytest.mark.parametrize(("train", "test"), [("train[:50%](pct1_dropremainder)", "train[50%:]"),
                                              ("train[:50%](closest)", "train[50%:]"),
-                                             ("train[:50%](pct1_dropremainder)", "train[50%:](pct1_dropremainder)")])
+                                             ("train[:50%](pct1_dropremainder)", "train[50%:](pct1_dropremainder)"),
+                                             ("train[50%:50%]", "train[:60%](pct1_dropremainder)")])   # (empty)
 def test_slices_rounded_so_that_they_never_meet_are_not_warned_of(tmp_path, caplog, train, test):
     assert "[data.test]" not in _warned(tmp_path, caplog, train, test)
 
