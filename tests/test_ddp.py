@@ -625,3 +625,8 @@ def test_a_start_up_stopped_by_a_signal_is_named_as_stopped(monkeypatch):
         distributed.all_ready(DistInfo(rank=1, world_size=3), KeyboardInterrupt())   # what rank 1 sends
     with pytest.raises(distributed.StartupError, match=r"the start-up was stopped on rank 1 \(a Ctrl-C or SIGTERM"):
         distributed.all_ready(DistInfo(rank=0, world_size=3))   # rank 0 receives it
+    sent.clear()   # an error on rank 1 (it prints its own): named as failed, not stopped
+    with pytest.raises(ValueError):
+        distributed.all_ready(DistInfo(rank=1, world_size=3), ValueError("rank 1's own"))
+    with pytest.raises(distributed.StartupError, match=r"the start-up failed on rank 1 \(that process's error says"):
+        distributed.all_ready(DistInfo(rank=0, world_size=3))
