@@ -686,3 +686,48 @@ def test_every_failure_of_start_once_the_process_group_is_up_lets_it_go_once(mon
     assert closed.count("process group") == 1
     assert closed[-1] == "process group"   # (last: after the lock and all_ready)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _logging_with_a_sigterm(then_fail: bool):
+    """``cli_logging`` as run_command sets it up, with a SIGTERM as it begins (and then a failure, where asked)."""
+    real = commands.cli_logging
+
+    @contextlib.contextmanager
+    def logging(level):
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL   # (it would end pytest)
+        signal.raise_signal(signal.SIGTERM)
+        if then_fail:
+            raise OSError("the log could not be set up")
+        with real(level) as log:
+            yield log
+
+    return logging
+
+
+def test_a_sigterm_that_stopped_the_work_as_it_began_is_not_sent_on(monkeypatch, capfd):
+    """A SIGTERM before the work begins stops it (143, its line) and is thereby acted on, as one during the work is:
+    a caller's own Python handler is put back and not given it again (the caller would stop twice for one SIGTERM)."""
+    monkeypatch.setattr(commands, "cli_logging", _logging_with_a_sigterm(then_fail=False))
+    got: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        assert run_command("warning", lambda: None) == 143
+        assert got == []
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert capfd.readouterr().err.splitlines() == ["[mtl-lora-vl] warning: SIGTERM: stopped at once (exit status 143)"]
+
+
+def test_a_sigterm_before_a_set_up_that_fails_reaches_the_caller_s_handler(monkeypatch):
+    """A SIGTERM that waited for the work, which never began (the command's logging failed to set up: its error
+    leaves run_command), is given to the caller's own Python handler once it is back, not lost."""
+    monkeypatch.setattr(commands, "cli_logging", _logging_with_a_sigterm(then_fail=True))
+    got: list[int] = []
+    ran: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+    try:
+        with pytest.raises(OSError, match="the log could not be set up"):
+            run_command("warning", lambda: ran.append(1))
+        assert (got, ran) == ([signal.SIGTERM], [])
+    finally:
+        signal.signal(signal.SIGTERM, before)
