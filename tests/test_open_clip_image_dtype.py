@@ -34,3 +34,31 @@ def test_the_fixes_it_names_run_on_a_bf16_base():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             under = bb.encode_image(bb.preprocess_uint8(PICTURES))
     assert cast.shape == under.shape and cast.shape[0] == 2 and torch.isfinite(cast.float()).all()
+
+
+def test_fp16_weights_are_named_with_autocast_as_a_fix_too():
+    bb = mlv.backbones.load_backbone("builtin", base_dtype="fp16")
+    with pytest.raises(ValueError, match=r"^encode_image: the images are torch\.float32 but builtin's image tower "
+                                         r"weights are torch\.float16.*or call it under torch\.autocast\('cpu', "
+                                         r"dtype=torch\.float16\)$"):
+        bb.encode_image(bb.preprocess_uint8(PICTURES))
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a kernel's own failure"), torch.cuda.OutOfMemoryError("OOM")])
+def test_other_failures_of_the_tower_are_not_taken_for_the_dtype(monkeypatch, failure):
+    """The dtype is named only where it is what failed: under autocast (which casts the images) another RuntimeError is
+    the tower's own; an out-of-memory error is never renamed."""
+    bb = mlv.backbones.load_backbone("builtin", base_dtype="bf16")
+    x = bb.preprocess_uint8(PICTURES)
+
+    def fails(images):
+        raise failure
+
+    monkeypatch.setattr(bb.model, "encode_image", fails)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(type(failure)) as under:
+        bb.encode_image(x)
+    assert under.value is failure
+    if isinstance(failure, torch.cuda.OutOfMemoryError):
+        with pytest.raises(torch.cuda.OutOfMemoryError) as outside:
+            bb.encode_image(x)
+        assert outside.value is failure
