@@ -70,6 +70,14 @@ def test_a_device_given_as_a_switch_is_told_the_device_and_how_several_gpus_run(
     assert says in line, line
 
 
+@pytest.mark.parametrize("argv", [["--num-gpus", "1"], ["--gpus", "0"], ["--gpus", "1"]])
+def test_one_gpu_is_not_told_how_several_run(capsys, argv):
+    """``--num-gpus 1`` (a count of one) or ``--gpus 0`` (one GPU's number) is no several GPUs: not told torchrun or
+    "1 GPUs run as 1 processes"."""
+    line = _refusal(capsys, parse_train_args, argv)
+    assert argv[0] in line and "torchrun" not in line and "processes" not in line, line
+
+
 def test_bench_is_told_it_runs_on_one_gpu(capsys):
     """bench runs no torchrun: several GPUs are told the one it runs on (each argv holds an unknown flag: refused
     before anything runs)."""
