@@ -146,3 +146,14 @@ def test_a_known_flag_given_a_negative_value_argparse_reads_as_a_flag_is_told_th
     p = _script_parser("pretrain_backbone")
     assert _refusal(p, argv, capsys).endswith(": error: " + says)
     assert p.parse_args(["--lr=-1e-3", "--weight-decay=-inf"]).weight_decay == float("-inf")   # (parsed only)
+
+
+def test_only_a_one_value_flag_before_any_double_dash_is_told_the_value_attached(capsys):
+    """A flag of two values (``--pair -1e-3 2``: no ``--pair=`` form takes both) keeps argparse's own message, and
+    after ``--`` (every token a positional one) ``--lr -1e-3`` is no flag and its value: parsed, not refused."""
+    p = Parser(prog="t")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--pair", nargs=2, type=float)
+    p.add_argument("rest", nargs="*")
+    assert _refusal(p, ["--pair", "-1e-3", "2"], capsys).endswith("error: argument --pair: expected 2 arguments")
+    assert p.parse_args(["--", "--lr", "-1e-3"]).rest == ["--lr", "-1e-3"]
