@@ -88,6 +88,19 @@ def test_malformed_backbone_strings_are_named_not_tracebacks(tmp_path):
             parse_spec(f"open_clip:{schema}:")
 
 
+def test_a_spec_too_long_for_a_file_name_is_an_unknown_spec_not_an_os_error():
+    """Mutation audit 552: ``parse_spec("a" * 300)`` (``--backbone`` of 300 letters) raised a bare ``OSError: [Errno 36]
+    File name too long`` from the did-you-mean's folder check, naming neither the spec nor its forms (Python 3.11's
+    ``Path.is_dir`` raises it; 3.12 returns False); ``hf:`` / ``open_clip:`` of such a name did too, at the parse or
+    the load."""
+    for text in ("a" * 300, "hf" + "x" * 300):
+        with pytest.raises(ValueError, match=r"unknown backbone spec .*accepted forms"):
+            parse_spec(text)
+    for text in ("hf:" + "x" * 300, "open_clip:" + "x" * 300, "open_clip:./" + "x" * 300):   # (a folder's form)
+        with pytest.raises(ValueError, match=r"cannot be a local path \(File name too long\); accepted forms"):
+            parse_spec(text)
+
+
 def test_the_word_tokenizer_refuses_a_context_too_short_for_its_start_and_end_tokens(tmp_path):
     """Review 210: tok(texts, context_length=1) failed with torch's "The expanded size of the tensor (1) must match
     the existing size (4)"; 0 was taken as the default context."""

@@ -144,14 +144,24 @@ def parse_spec(spec: str, pretrained: str | None = None, *, pretrained_as: str =
 def _local_path(text: str, rest: str) -> Path:
     """``rest`` as a local path, ``~`` expanded; ValueError naming the spec where that cannot be done."""
     try:
-        return Path(rest).expanduser()
+        path = Path(rest).expanduser()
     except RuntimeError as e:   # "~user" of no such user, or no home directory
         raise ValueError(f"backbone spec {text!r}: cannot expand {rest!r} ({e}); give the folder's full path") from None
+    try:
+        path.exists()
+    except OSError as e:   # (a name too long for a file name: Python 3.11's is_dir raises it too)
+        raise ValueError(f"backbone spec {text!r}: {rest!r} cannot be a local path ({e.strerror}); accepted forms: "
+                         f"{SPEC_FORMS}") from None
+    return path
 
 
 def _spec_hint(text: str) -> str:
     """What an unknown spec was probably meant to be: a folder without its prefix, or a misspelt name."""
-    if _local_path(text, text).is_dir():
+    try:
+        folder = _local_path(text, text).is_dir()
+    except ValueError:   # (no path: "~user" of no such user, a name too long for a file name)
+        folder = False
+    if folder:
         return (f" ({text} is a folder: write hf:{text} for a Hugging Face model directory, open_clip:{text} "
                 "for an open_clip one)")
     close = difflib.get_close_matches(text, [BUILTIN_NAME, BUILTIN_LLAVA_NAME], n=1, cutoff=0.75)
