@@ -28,16 +28,16 @@ HEAD = ('name = "colours"\nkind = "classification"\ntemplates = ["a {} square."]
 SAID = "reads rows (the part(s) ['train[50%:]']) the adapter trained the task on (the [data.train] of "
 
 
-def sliced_adapter(tmp: Path) -> tuple[Path, Path]:
-    """An adapter of task 'colours' (untrained: built and saved as train saves it) on ``train[:80%]`` of the parquet
-    folder ``data/pq``, and the data folder."""
+def sliced_adapter(tmp: Path, rows: int = 10, train: str = "train[:80%]") -> tuple[Path, Path]:
+    """An adapter of task 'colours' (untrained: built and saved as train saves it) on ``train`` (``train[:80%]``) of
+    the parquet folder ``data/pq`` of ``rows`` rows, and the data folder."""
     data = tmp / "data"
     (data / "pq").mkdir(parents=True)
-    labels = ["red", "blue"] * 5
+    labels = ["red", "blue"] * (rows // 2)
     datasets.Dataset.from_dict({"image": [Image.new("RGB", (16, 16), c) for c in labels], "label": labels}) \
         .to_parquet(str(data / "pq" / "train-0.parquet"))
     spec = tmp / "colours.toml"
-    spec.write_text(HEAD + 'path = "pq"\n[data.train]\nsplit = "train[:80%]"\n[data.test]\nsplit = "train[80%:]"\n')
+    spec.write_text(HEAD + f'path = "pq"\n[data.train]\nsplit = "{train}"\n[data.test]\nsplit = "train[80%:]"\n')
     specs = {"colours": load_spec(spec)}
     bb = load_backbone("builtin")
     kinds = {t: build_kind(s, s.load_split("train", data), bb) for t, s in specs.items()}
@@ -99,3 +99,13 @@ def test_slices_whose_shared_rows_the_length_decides_are_warned_of_once_read(tmp
         assert f"reads rows (the part(s) ['{test}']) the adapter trained the task on" in said[0], said
         assert "partly training scores" in said[0]
     assert not _scored(tmp_path, adapter, caplog, 'split = "train[-2:]"')
+
+
+def test_slices_rounded_two_ways_are_decided_on_the_length_read(tmp_path, caplog):
+    """Trained on ``train[:50%]`` of 150 rows (rows 0-74): ``train[50%:](pct1_dropremainder)`` (rows 50-149: it rounds
+    50% of 150 down to row 50) shares rows 50-74; ``train[75%:](pct1_dropremainder)`` (rows 75-149) shares none of
+    150 rows, and was warned of by names alone (its rows meet the training rows on a split of 199)."""
+    adapter, _ = sliced_adapter(tmp_path, rows=150, train="train[:50%]")
+    said = _scored(tmp_path, adapter, caplog, 'split = "train[50%:](pct1_dropremainder)"')
+    assert len(said) == 1 and "(the part(s) ['train[50%:](pct1_dropremainder)'])" in said[0], said
+    assert not _scored(tmp_path, adapter, caplog, 'split = "train[75%:](pct1_dropremainder)"')

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtl_lora_vl.data.split_overlap import shared_parts
+from mtl_lora_vl.data.split_overlap import length_decides, shared_on, shared_parts
 from mtl_lora_vl.tasks.spec import load_spec
 
 SHARED = "[data.test] reads rows that [data.train] reads too (the same files; the split(s) ["
@@ -49,17 +49,30 @@ def test_what_the_names_alone_cannot_tell_is_not_claimed():
 
 
 # Percents rounded two ways: a bound falls on other rows in each, so slices that meet at one percent share rows
-# (the overlap check compared the percents alone and said train[:50%] and train[50%:](pct1_dropremainder) share none).
-ROUNDED_APART = [("train[:50%]", "train[50%:](pct1_dropremainder)"),
-                 ("train[50%:](pct1_dropremainder)", "train[:50%]"),
-                 ("train[:50%]", "train[60%:](pct1_dropremainder)"),
+# (the overlap check compared the percents alone and said train[:50%] and train[50%:](pct1_dropremainder) share none);
+# whether they do depends on the split's length, so they are decided once it is read (LengthPair.warning, which
+# TaskSpec.load_split calls on the lengths the read counted its slices on; tests/test_split_overlap_lengths.py reads
+# them), not at load: train[:50%](pct1_dropremainder) beside train[40%:50%] share rows 80-99 of 200, none of 150.
+ROUNDED_APART = [("train[:50%]", "train[50%:](pct1_dropremainder)", 150),   # (rows 50 to 74)
+                 ("train[50%:](pct1_dropremainder)", "train[:50%]", 150),
+                 ("train[:50%]", "train[60%:](pct1_dropremainder)", 199),   # (rows 60 to 99)
                  # (no row in common on a split shorter than 181 rows: 8% to 13% of 181 is rows 14 to 23)
-                 ("train[8%:13%]", "train[23%:29%](pct1_dropremainder)")]
+                 ("train[8%:13%]", "train[23%:29%](pct1_dropremainder)", 181),
+                 ("train[:50%](pct1_dropremainder)", "train[40%:]", 100)]   # (rows 40 to 49)
 
 
-@pytest.mark.parametrize(("train", "test"), [*ROUNDED_APART, ("train[:50%](pct1_dropremainder)", "train[40%:]")])
-def test_slices_rounded_two_ways_sharing_rows_are_warned_of(tmp_path, caplog, train, test):
-    assert SHARED in _warned(tmp_path, caplog, train, test)
+def _spec(tmp_path, train: str, test: str):
+    spec = tmp_path / "mine.toml"
+    spec.write_text(f'kind = "vqa"\n[data]\nformat = "hf_datasets"\npath = "d"\n[data.train]\nsplit = "{train}"\n'
+                    f'[data.test]\nsplit = "{test}"\n')
+    return load_spec(spec)
+
+
+@pytest.mark.parametrize(("train", "test", "n"), ROUNDED_APART)
+def test_slices_rounded_two_ways_sharing_rows_are_warned_of_once_read(tmp_path, caplog, train, test, n):
+    assert "[data.test]" not in _warned(tmp_path, caplog, train, test)   # (at load the length is not known)
+    warning = _spec(tmp_path, train, test).data.length_pairs["test"].warning({"train": n})
+    assert warning is not None and f"{SHARED}'{test}']" in warning
 
 
 @pytest.mark.parametrize(("train", "test"), [("train[:50%](pct1_dropremainder)", "train[50%:]"),
@@ -68,18 +81,21 @@ def test_slices_rounded_two_ways_sharing_rows_are_warned_of(tmp_path, caplog, tr
                                              ("train[50%:50%]", "train[:60%](pct1_dropremainder)")])   # (empty)
 def test_slices_rounded_so_that_they_never_meet_are_not_warned_of(tmp_path, caplog, train, test):
     assert "[data.test]" not in _warned(tmp_path, caplog, train, test)
+    pair = _spec(tmp_path, train, test).data.length_pairs.get("test")
+    assert pair is None or all(pair.warning({"train": n}) is None for n in (10, *range(100, 300)))
 
 
-@pytest.mark.parametrize(("one", "other"), ROUNDED_APART)
-def test_the_slices_warned_of_share_rows_as_datasets_reads_them(one, other):
+@pytest.mark.parametrize(("one", "other", "n"), ROUNDED_APART)
+def test_the_slices_warned_of_share_rows_as_datasets_reads_them(one, other, n):
     datasets = pytest.importorskip("datasets")
 
-    def rows(split: str, n: int) -> set[int]:
+    def rows(split: str) -> set[int]:
         chosen = datasets.ReadInstruction.from_spec(split).to_absolute({"train": n})[0]
         return set(range(chosen.from_, chosen.to))
 
-    assert any(rows(one, n) & rows(other, n) for n in range(100, 300))
-    assert shared_parts(one, other) == [one]
+    assert rows(one) & rows(other)
+    assert shared_parts(one, other) == [] and length_decides(one, other)
+    assert shared_on(one, other, {"train": n}) == [one]
 
 
 # One end a percent makes both ends percents, as datasets reads them (train[10:50%] is train[10%:50%]): such a part

@@ -83,6 +83,37 @@ def test_an_eval_only_read_is_warned_of_and_a_train_read_alone_is_not(folder, ca
     assert "[data.test]" not in caplog.text
 
 
+# Percents rounded two ways (pct1_dropremainder beside the default, closest) were decided at load by a scan of
+# lengths 100-10,299 ("share rows on some length"): train[:50%](pct1_dropremainder) beside train[40%:50%] was warned of
+# on 150 rows, where they read rows 0-49 and 60-74. They are decided on the length read, as the pairs above are.
+@pytest.mark.parametrize("saved", [False, True])
+def test_slices_rounded_two_ways_are_decided_on_the_length_read(folder, caplog, saved):
+    root = folder(150, saved)
+    assert "[data.test]" not in _read(root, caplog, "train[:50%](pct1_dropremainder)", "train[40%:50%]")
+    text = _read(root, caplog, "train[:50%]", "train[50%:](pct1_dropremainder)")   # (rows 50 to 74 in both)
+    assert text.count(SHARED) == 1 and f"{SHARED}'train[50%:](pct1_dropremainder)']" in text
+
+
+def test_slices_rounded_two_ways_share_rows_as_datasets_reads_them():
+    """A grid of percent slices rounded two ways, on lengths 100-299: shared_on claims exactly the pairs that
+    ``datasets`` reads a row of in both, and the names claim none of them."""
+    pytest.importorskip("datasets")
+    ends = [0, 10, 40, 50, 60, 99, 100]
+    slices = [f"train[{f'{a}%' if a else ''}:{f'{b}%' if b < 100 else ''}]"
+              for a in ends for b in ends if 0 < b - a < 100]   # (train[:10%] ... train[99%:]; not train[:])
+    pct1 = [f"{p}(pct1_dropremainder)" for p in slices]
+    shared = apart = 0
+    for n in range(100, 300, 7):
+        for one in slices:
+            for other in pct1:
+                truth = bool(_rows_of(one, {"train": n}) & _rows_of(other, {"train": n}))
+                assert shared_parts(one, other) == [] and length_decides(one, other)
+                assert shared_on(one, other, {"train": n}) == ([one] if truth else []), (one, other, n)
+                assert shared_on(other, one, {"train": n}) == ([other] if truth else []), (other, one, n)
+                shared, apart = shared + truth, apart + (not truth)
+    assert shared > 100 and apart > 100   # (both verdicts were compared)
+
+
 def test_shared_on_counts_as_datasets_does():
     assert length_decides("train[-100:-40]", "train[-50:]")
     assert shared_on("train[-100:-40]", "train[-50:]", {"train": 100}) == ["train[-100:-40]"]

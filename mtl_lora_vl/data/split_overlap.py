@@ -4,15 +4,15 @@ test reads rows that train reads (:func:`mtl_lora_vl.tasks.spec.load_spec`), bef
 A ``split`` joins splits with ``+`` and may slice each as ``datasets`` does (``train[:90%]``, ``train[100:200]``;
 :mod:`.hf_slices` reads them). Two parts share rows where they name the same split and either is whole, or both slice
 it in the same unit (rows, or percents: a slice with one end a percent is of percents, as ``datasets`` reads it,
-``train[10:50%]`` is ``train[10%:50%]``) counted from its start into ranges that overlap. Percents rounded two ways
-(``(pct1_dropremainder)`` beside the default, closest) share rows where they do on a split of some length, found by
-the rows each chooses: ``train[:50%]`` beside ``train[50%:](pct1_dropremainder)`` share rows 50 to 74 of 150, and
-``train[:60%](pct1_dropremainder)`` beside ``train[50%:]``, which share none of 199, do on 100. Rows against
-percents, or a bound counted from the end, depend on the split's length: such parts are not said to share rows
-from their names (a whole split still holds them: ``train`` beside ``train[-50:]``; and a slice written alike reads the
-same rows); :func:`length_decides` tells where a pair has such parts, and :func:`shared_on` decides them once the
-split's length is known (read), as ``datasets`` counts them: ``train[:90%]`` beside ``train[-10%:]`` share row 13 of
-15, none of 10; ``train[-50:]`` beside ``train[-100:-40]``, rows 50 to 59 of 100. A
+``train[10:50%]`` is ``train[10%:50%]``) counted from its start into ranges that overlap. Rows against percents, a
+bound counted from the end, or percents rounded two ways (``(pct1_dropremainder)`` beside the default, closest: a bound
+falls on other rows in each) depend on the split's length: such parts are not said to share rows from their names (a
+whole split still holds them: ``train`` beside ``train[-50:]``; and a slice written alike reads the same rows);
+:func:`length_decides` tells where a pair has such parts, and :func:`shared_on` decides them once the split's length
+is known (read), as ``datasets`` counts them: ``train[:90%]`` beside ``train[-10%:]`` share row 13 of 15, none of 10;
+``train[-50:]`` beside ``train[-100:-40]``, rows 50 to 59 of 100; ``train[:50%]`` beside
+``train[50%:](pct1_dropremainder)``, rows 50 to 74 of 150; ``train[:50%](pct1_dropremainder)`` beside
+``train[40%:50%]``, none of 150 (rows 0 to 49 and 60 to 74), rows 80 to 99 of 200. A
 table that gives no ``split`` reads the one split its files hold, whole (:mod:`.hf_parquet`, :mod:`.hf_datasets`): it
 shares rows with every part of the other's, whatever that split's name (``train[80%:]`` beside no split read rows
 that the training table read too, unwarned).
@@ -63,37 +63,9 @@ def _rows(part: str) -> _Part:
     return m["name"], unit, lo, hi, (m["rounding"] or "closest").strip()
 
 
-def _pct_row(boundary: float, rows: int, rounding: str) -> int:
-    """The row a percent ``boundary`` of a split of ``rows`` rows falls on, as ``datasets``' ``ReadInstruction``
-    rounds it (``arrow_reader._pct_to_abs_closest`` / ``_pct_to_abs_pct1``; an open end is the last row's end)."""
-    if boundary == math.inf:
-        return rows
-    if rounding == "pct1_dropremainder":
-        return min(int(boundary) * math.trunc(rows / 100.0), rows)
-    return min(int(round(boundary * rows / 100.0)), rows)
-
-
-#: The split lengths on which percents rounded two ways are compared: pct1_dropremainder reads 100 rows or more, and
-#: past 10,100 rows (each percent 101 rows or more) the rows two bounds fall on differ by the percents between them
-#: times a length that only grows, plus what the rounding adds, which repeats every 100 rows (two hundreds: the
-#: closest rounding's ties go to the even row).
-_LENGTHS = range(100, 10_300)
-
-
-def _share_some_length(a: _Part, b: _Part) -> bool:
-    """Whether percent slices ``a`` and ``b`` of one split, rounded differently, choose a row in common on a split of
-    some length: ``train[:50%]`` and ``train[50%:](pct1_dropremainder)`` do on 150 rows (rows 50 to 74, as the second
-    rounds 50% of 150 down to 50), though no percent is in both."""
-    for n in _LENGTHS:
-        (la, ha), (lb, hb) = ((_pct_row(p[2], n, p[4]), _pct_row(p[3], n, p[4])) for p in (a, b))
-        if la < ha and lb < hb and la < hb and lb < ha:
-            return True
-    return False
-
-
 def _overlap(a: _Part, b: _Part) -> bool | None:
     """Whether parts ``a`` and ``b`` (:func:`_rows`) share rows, as their names tell; None where the split's length
-    decides (a bound counted from the end, or rows beside percents)."""
+    decides (a bound counted from the end, rows beside percents, or percents rounded two ways)."""
     if "" in (a[0], b[0]):   # (no split given: the one split the files hold, whole)
         return True
     if a[0] != b[0]:
@@ -105,7 +77,7 @@ def _overlap(a: _Part, b: _Part) -> bool | None:
     if "?" in (a[1], b[1]) or a[1] != b[1]:
         return None
     if a[1] == "%" and a[4] != b[4]:   # (rounded two ways: a bound may fall on other rows in each)
-        return _share_some_length(a, b)
+        return None
     return a[2] < b[3] and b[2] < a[3]
 
 
