@@ -70,8 +70,12 @@ class OpenClipBackbone(OpenClipText, Backbone):
         """``encode`` whose failure on float images of another dtype than the base weights, outside autocast, is a
         ValueError naming both dtypes and the fix (open_clip does not cast its inputs: ``encode_image`` of fp32 images
         on a bf16 base failed with torch's "Input type (torch.FloatTensor) and weight type (CPUBFloat16Type) should be
-        the same"). The weights are read only once the call has failed."""
+        the same"). The weights are read only once the call has failed. A batch of no images is refused naming
+        ``what`` (the tower failed with torch's "cannot reshape tensor of 0 elements")."""
         def call(images: Tensor) -> Any:
+            if images.shape[0] == 0:
+                raise ValueError(f"{what}: no images (a batch of shape {tuple(images.shape)}); backbone {self.name!r} "
+                                 "takes at least one image")
             try:
                 return encode(images)
             except RuntimeError as e:
