@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 
+import open_clip.coca_model
 import pytest
 import torch
+import transformers
 from vl_tiny import CONTEXT, tiny_backbone
 from vlm_checks import perturb_adapters
 
@@ -32,7 +34,7 @@ def _ids(bb) -> dict:
 
 
 @pytest.mark.parametrize(("theirs", "ours"), [
-    (dict(generation_type="top_k", seq_len=8), dict(max_len=7)),                  # open_clip's greedy (top_k=1)
+    (dict(generation_type="top_k", seq_len=8), dict(max_len=6)),   # open_clip's greedy (top_k=1): 8th place the end's
     (dict(generation_type="greedy", max_len=7), dict(max_len=7)),
     (dict(generation_type="beam_search", num_beams=3, seq_len=8), dict(max_len=7, beam_size=3)),
     (dict(beam_size=2, max_len=5), dict(max_len=5, beam_size=2)),
@@ -53,13 +55,56 @@ def test_wrapper_generate_on_a_coca_writes_the_backbones_tokens_per_task(coca, t
         assert [bb.decode(row) for row in model.generate(images, **_ids(bb), **theirs)] == want
 
 
+#: What open_clip's greedy loop (generation_type 'top_k') imports from transformers; all still in transformers 5
+#: (its beam search's BeamSearchScorer is not).
+SAMPLING = ("LogitsProcessorList", "TopKLogitsWarper", "TopPLogitsWarper", "RepetitionPenaltyLogitsProcessor",
+            "MinLengthLogitsProcessor", "MaxLengthCriteria", "StoppingCriteriaList")
+
+
+@pytest.fixture
+def open_clips_greedy(monkeypatch):
+    """open_clip's own CoCa.generate, able to run its greedy loop: the transformers names it failed to import."""
+    if not all(hasattr(transformers, n) for n in SAMPLING):
+        pytest.skip("this transformers lacks what open_clip's greedy loop imports")
+    for name in SAMPLING:
+        monkeypatch.setattr(open_clip.coca_model, name, getattr(transformers, name), raising=False)
+    monkeypatch.setattr(open_clip.coca_model, "_has_transformers", True)
+    monkeypatch.setitem(open_clip.coca_model.GENERATION_TYPES, "top_k", transformers.TopKLogitsWarper)
+    return open_clip.coca_model.CoCa.generate
+
+
+@pytest.mark.parametrize("seq_len", [2, 3, 4, 8, CONTEXT])   # (4: rows ending in the last free place)
+def test_greedy_writes_open_clips_own_tokens(coca, open_clips_greedy, seq_len):
+    """open_clip's greedy loop writes the end token in seq_len's last place (seq_len 8: at most 6 words and the end
+    token); rows ended before it are padded; the output is as wide as its longest row, or seq_len when fixed."""
+    bb, model = coca
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    kw = dict(seq_len=seq_len, generation_type="top_k", top_k=1, min_seq_len=0, **_ids(bb))
+    words = model.generate(images, tasks=TASKS, **{**kw, "seq_len": CONTEXT})
+    early = int(words[0, 2])   # (a token row 0 writes second: as the end token, row 0 ends early)
+    assert not (words[1:2, 1:] == early).any()   # (and row 1 never writes it: still open at the last place)
+    for ids, fixed in ((_ids(bb), False), ({**_ids(bb), "eos_token_id": early}, False),
+                       ({**_ids(bb), "eos_token_id": early}, True)):
+        args = {**kw, **ids, "fixed_output_length": fixed}
+        with model.route(TASKS):
+            theirs = open_clips_greedy(bb.model, images, **args)
+        ours = model.generate(images, tasks=TASKS, **args)
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), (ids, fixed, ours, theirs)
+        assert ours.shape[1] == seq_len or (not fixed and (ours[:, 1:] == ids["eos_token_id"]).any(dim=1).all())
+    if seq_len > 3:   # rows 0 and 2 alone: both end early, and the output stops after their end token
+        with model.route(TASKS[::2]):
+            theirs = open_clips_greedy(bb.model, images[::2], **{**kw, "eos_token_id": early})
+        ours = model.generate(images[::2], tasks=TASKS[::2], **{**kw, "eos_token_id": early})
+        assert torch.equal(ours, theirs) and ours.shape[1] == 3
+
+
 def test_open_clips_positional_arguments_and_fixed_length(coca):
     bb, model = coca
     images = torch.randn(2, 3, 32, 32)
     # generate(image, text, seq_len, max_seq_len, temperature, generation_type, top_p, top_k, pad, eos, sot, ...)
     out = model.generate(images, None, 6, 77, 1.0, "top_k", 0.1, 1, bb.pad_id, bb.eos_id, bb.bos_id, tasks=TASKS[:2])
     with model.route(TASKS[:2]):
-        assert [bb.decode(row) for row in out] == bb.generate(images, max_len=5)
+        assert [bb.decode(row) for row in out] == bb.generate(images, max_len=4)   # (6th place: the end token)
     fixed = model.generate(images, seq_len=6, generation_type="greedy", fixed_output_length=True, tasks=TASKS[:2],
                            **_ids(bb))
     assert fixed.shape == (2, 6) and torch.equal(fixed[:, :out.shape[1]], out)

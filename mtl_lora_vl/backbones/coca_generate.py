@@ -9,7 +9,8 @@ token first, the end token and padding after each caption.
 
 Taken: ``image``; ``seq_len`` (open_clip's: the whole length, start token included) or ``max_len`` (the backbone's: new
 tokens); ``generation_type`` ``"beam_search"`` (``num_beams``, or the backbone's ``beam_size``), ``"greedy"``, or
-``"top_k"`` with ``top_k=1`` (greedy); ``sot_token_id`` / ``eos_token_id`` / ``pad_token_id`` (open_clip's defaults:
+``"top_k"`` with ``top_k=1`` (greedy; as open_clip's greedy loop, the last of ``seq_len``'s places is the end
+token's); ``sot_token_id`` / ``eos_token_id`` / ``pad_token_id`` (open_clip's defaults:
 CLIP's BPE ids 49406 / 49407, the model's ``pad_id``); ``fixed_output_length``; and where they change nothing
 (open_clip's defaults, or where open_clip's greedy / beam search reads them not at all): ``temperature``, ``top_p``,
 ``max_seq_len`` (as long as the captions), ``num_beam_groups=1``, ``min_seq_len <= 1``, ``repetition_penalty=1``,
@@ -140,10 +141,19 @@ def coca_generate(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any
     eos = _token_id(kw, "eos_token_id", 49407, vocab)
     pad = _token_id(kw, "pad_token_id", int(getattr(model, "pad_id", 0)), vocab)
     warn_caption_cut(model, max_len, context, seq_len=kw.get("max_len") is None)
+    steps = max(1, min(max_len, context - 1))
+    # open_clip's greedy loop (not its beam search) writes the end token in seq_len's last place: seq_len 8 gives at
+    # most 6 words and the end token (it gave 7 words and no end token here). max_len (the backbone's) keeps its own.
+    forced_end = greedy and kw.get("max_len") is None
     with torch.no_grad():
         _, image_embs = model._encode_image(image)
-        out = caption_ids(model, image_embs, max(1, min(max_len, context - 1)), beams, sot, eos, pad,
-                          banned={pad, sot})
+        if forced_end and steps == 1:
+            out = torch.full((image.shape[0], 1), sot, dtype=torch.long, device=image_embs.device)
+        else:
+            out = caption_ids(model, image_embs, steps - forced_end, beams, sot, eos, pad, banned={pad, sot})
+    still_open = (out[:, 1:] != eos).all(dim=1) if forced_end and out.shape[1] == steps else None
+    if still_open is not None and still_open.any():   # rows open at the last place get the end token, the rest pad
+        out = torch.cat([out, torch.where(still_open, eos, pad).unsqueeze(1).to(out)], dim=1)
     width = max_len + 1
     if kw.get("fixed_output_length") and out.shape[1] < width:
         out = torch.cat([out, out.new_full((out.shape[0], width - out.shape[1]), pad)], dim=1)
