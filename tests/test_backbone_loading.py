@@ -4,8 +4,10 @@ shard was read); a folder in the working directory named like an open_clip archi
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -249,3 +251,19 @@ def test_a_config_naming_remote_code_beside_a_transformers_class_says_which_load
         assert hf_model_class(tmp_path).__name__ == "LlavaForConditionalGeneration"
     assert "auto_map names code of the model's own, which this package does not run" in caplog.text
     assert "LlavaForConditionalGeneration" in caplog.text
+
+
+def test_a_spec_path_that_cannot_be_looked_at_is_named_with_its_fix_not_the_spec_forms(monkeypatch):
+    """Review 559 of 059cd9b: a path under a folder this process may not enter (``hf:/models/x`` in a folder of
+    mode 700 of another user: ``stat`` raises EACCES) was refused as ``cannot be a local path (Permission
+    denied); accepted forms: ...`` -- it is a local path, and no other spec form is the fix; its permissions are.
+    (Faked: the tests run as root, whom no mode stops.)"""
+    def refused(self, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", refused)
+    for text in ("hf:/models/locked/clip", "open_clip:/models/locked/clip"):
+        with pytest.raises(ValueError, match=r"cannot look at /models/locked/clip \(Permission denied\).*"
+                                             r"check its permissions") as raised:
+            parse_spec(text)
+        assert "accepted forms" not in str(raised.value)

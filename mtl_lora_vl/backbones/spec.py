@@ -11,6 +11,7 @@ open_clip local directory with its own weights); ``hf:DIR`` (a local Hugging Fac
 from __future__ import annotations
 
 import difflib
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -150,8 +151,11 @@ def _local_path(text: str, rest: str) -> Path:
     try:
         path.exists()
     except OSError as e:   # (a name too long for a file name: Python 3.11's is_dir raises it too)
-        raise ValueError(f"backbone spec {text!r}: {rest!r} cannot be a local path ({e.strerror}); accepted forms: "
-                         f"{SPEC_FORMS}") from None
+        if e.errno == errno.ENAMETOOLONG:
+            raise ValueError(f"backbone spec {text!r}: {rest!r} cannot be a local path ({e.strerror}); accepted "
+                             f"forms: {SPEC_FORMS}") from None
+        raise ValueError(f"backbone spec {text!r}: cannot look at {path} ({e.strerror or e}): a folder there is not "
+                         "readable by this process; check its permissions (and its parents')") from None
     return path
 
 
