@@ -67,7 +67,6 @@ def autocast(device: torch.device | str, dtype: torch.dtype) -> torch.autocast:
     return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 
 
-
 # The dtype of a task head's parameters (nlvr's pair MLP, VQA's fusion and answer weights, the classifier, retrieval's
 # temperature), whatever torch's default dtype and the base's: every head's forward reads the base's features cast to
 # fp32 with autocast off, and scores as the zero-shot rule does (``tasks.embeddings.prompt_scores``, fp32), so its
