@@ -37,6 +37,15 @@ def _close_loaders(monkeypatch):
         loader.close()
 
 
+@pytest.fixture
+def float64_default():
+    """torch's default dtype float64 for one test, put back after it."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
     """A tiny LLaVA directory with its processor (``llava_tiny.save_tiny_llava``), made once per test module."""

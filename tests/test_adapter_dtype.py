@@ -64,15 +64,6 @@ def test_adapter_dtype_leaves_narrow_and_non_float_bases_at_the_default_dtype():
     assert adapter_dtype(torch.float8_e4m3fn) == torch.float32
 
 
-@pytest.fixture
-def float64_default():
-    """torch's default dtype float64 for one test, put back after it."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 @pytest.mark.parametrize(("base", "want"), [(torch.float64, torch.float64), (torch.float32, torch.float32),
                                             (torch.bfloat16, torch.float32), (torch.float16, torch.float32)])
 def test_adapters_keep_their_dtype_where_torchs_default_dtype_is_float64(float64_default, base, want):

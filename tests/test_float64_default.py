@@ -20,15 +20,6 @@ from mtl_lora_vl.tasks import build_kind, resolve_tasks
 HEADED = ["vqa", "retrieval", "caption_cls", "nlvr"]   # every kind with a head of parameters
 
 
-@pytest.fixture
-def float64_default():
-    """torch's default dtype float64 for one test, put back after it."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
-
-
 def test_vqa_soft_targets_are_fp32_where_torchs_default_dtype_is_float64(float64_default, tmp_path):
     """VQA's training rows' soft targets were made in torch's default dtype: under a float64 default the row of
     scores packed when the kind was built (fp32) was put into a float64 vector, "Index put requires the source and

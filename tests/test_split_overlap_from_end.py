@@ -4,22 +4,10 @@ slice's rows, but a bound from the end was checked first and ``train`` beside ``
 from __future__ import annotations
 
 import pytest
+from test_spec_sliced_splits import SAME, SHARED
+from test_spec_sliced_splits import _warned as _warned_at_load
 
 from mtl_lora_vl.data.split_overlap import shared_parts
-from mtl_lora_vl.tasks.spec import load_spec
-
-SHARED = "[data.test] reads rows that [data.train] reads too (the same files; the split(s) ["
-SAME = "[data.test] reads the same rows as [data.train]"
-
-
-def _warned_at_load(tmp_path, caplog, train: str, test: str) -> str:
-    spec = tmp_path / "mine.toml"
-    spec.write_text(f'kind = "vqa"\n[data]\nformat = "hf_datasets"\npath = "d"\n[data.train]\nsplit = "{train}"\n'
-                    f'[data.test]\nsplit = "{test}"\n')
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        load_spec(spec)
-    return caplog.text
 
 
 @pytest.mark.parametrize(("train", "test", "named"), [("train", "train[-3:]", "['train[-3:]']"),

@@ -537,8 +537,8 @@ def test_a_sigterm_as_a_nested_command_s_error_leaves_does_not_replace_it(monkey
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def test_a_sigterm_as_a_command_s_bug_leaves_still_reaches_the_caller_s_handler(monkeypatch):
-    """...and a caller's own SIGTERM handler (one that notes it) is still given the SIGTERM, the bug still raised."""
+def _a_sigterm_as_the_command_leaves(monkeypatch) -> None:
+    """``cli_logging`` as run_command sets it up, with a SIGTERM as the command leaves it (its outcome reported)."""
     real = commands.cli_logging
 
     @contextlib.contextmanager
@@ -550,6 +550,11 @@ def test_a_sigterm_as_a_command_s_bug_leaves_still_reaches_the_caller_s_handler(
                 signal.raise_signal(signal.SIGTERM)
 
     monkeypatch.setattr(commands, "cli_logging", logging_with_a_sigterm_as_it_leaves)
+
+
+def test_a_sigterm_as_a_command_s_bug_leaves_still_reaches_the_caller_s_handler(monkeypatch):
+    """...and a caller's own SIGTERM handler (one that notes it) is still given the SIGTERM, the bug still raised."""
+    _a_sigterm_as_the_command_leaves(monkeypatch)
     got: list[int] = []
     before = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
     try:
@@ -564,20 +569,10 @@ def test_a_script_s_own_sigterm_handler_raising_as_a_command_s_bug_leaves_is_not
     """...but a script's own handler that raises (``sys.exit`` on SIGTERM) asked to stop there: its ``SystemExit``
     goes on, the bug as its context -- only an outer command's ``Terminated`` is dropped (a debug line had swallowed
     the script's exit, and its loop of commands went on)."""
-    real = commands.cli_logging
-
-    @contextlib.contextmanager
-    def logging_with_a_sigterm_as_it_leaves(level):
-        with real(level) as log:
-            try:
-                yield log
-            finally:
-                signal.raise_signal(signal.SIGTERM)
-
     def exits(signum, frame):
         raise SystemExit(3)
 
-    monkeypatch.setattr(commands, "cli_logging", logging_with_a_sigterm_as_it_leaves)
+    _a_sigterm_as_the_command_leaves(monkeypatch)
     before = signal.signal(signal.SIGTERM, exits)
     try:
         with pytest.raises(SystemExit) as raised:
